@@ -1,0 +1,125 @@
+"""Command line: `posttrain <command> [config.yaml] [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from posttrain import __version__
+from posttrain.config import ConfigError, load_config, to_dict
+
+# command -> (module, config class name, entry function name, one-line help). Imported lazily so
+# `posttrain --help` answers without importing torch.
+RECIPES: dict[str, tuple[str, str, str, str]] = {
+    "sft": ("posttrain.recipes.sft", "SFTConfig", "train", "supervised fine-tuning on chat or completion data"),
+    "demo": ("posttrain.recipes.demo", "DemoConfig", "run_demo",
+             "the end-to-end demo on the built-in tiny model and arithmetic task"),
+}
+
+
+def _recipe(command: str) -> tuple[type, Callable]:
+    import importlib
+
+    module_name, config_name, entry_name, _ = RECIPES[command]
+    module = importlib.import_module(module_name)
+    return getattr(module, config_name), getattr(module, entry_name)
+
+
+def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    config_path = None
+    overrides = []
+    for arg in args:
+        if "=" in arg:
+            overrides.append(arg)
+        elif config_path is None and arg.endswith((".yaml", ".yml")):
+            config_path = arg
+        else:
+            raise ConfigError(f"unexpected argument {arg!r}: give one config .yaml file and key=value overrides")
+    return config_path, overrides
+
+
+def _run_recipe(command: str, args: list[str]) -> int:
+    config_cls, entry = _recipe(command)
+    config_path, overrides = _split_config_args(args)
+    config = load_config(config_cls, config_path, overrides)
+    print(f"# posttrain {command}: resolved config")
+    print(yaml.safe_dump(to_dict(config), sort_keys=False).rstrip())
+    entry(config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="posttrain",
+        description="Post-train language models: SFT, preference alignment, RL with verifiable rewards.",
+        epilog="Recipe commands take an optional config.yaml and dotted overrides, "
+               "e.g. `posttrain sft examples/sft.yaml optim.lr=3e-4 run.name=try2`.",
+    )
+    parser.add_argument("--version", action="version", version=f"posttrain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, (_, _, _, help_text) in RECIPES.items():
+        recipe = sub.add_parser(name, help=help_text, description=help_text)
+        recipe.add_argument("args", nargs="*", metavar="[config.yaml] [key=value ...]")
+
+    show = sub.add_parser("config", help="print a recipe's default config as YAML (a starting point for a file)")
+    show.add_argument("recipe", choices=sorted(RECIPES))
+
+    tiny = sub.add_parser("tiny-model", help="build the offline tiny model + tokenizer into a directory")
+    tiny.add_argument("out_dir", type=Path)
+    tiny.add_argument("--arch", default="qwen2", choices=["qwen2", "llama"])
+    tiny.add_argument("--preset", default="tiny", help="tiny (~1-2M params) or small (~10-30M)")
+    tiny.add_argument("--seed", type=int, default=0)
+
+    data = sub.add_parser("make-data", help="write the built-in arithmetic task as JSONL")
+    data.add_argument("task", choices=["arithmetic"])
+    data.add_argument("out", type=Path)
+    data.add_argument("--n", type=int, default=1000)
+    data.add_argument("--split", default="train", choices=["train", "test"])
+    data.add_argument("--shape", default="sft", choices=["sft", "prompts"],
+                      help="sft: chat messages with the answer; prompts: prompt + answer columns (RL/eval)")
+    data.add_argument("--max-operand", type=int, default=99)
+    data.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        if ns.command is None:
+            parser.print_help()
+            return 0
+        if ns.command in RECIPES:
+            return _run_recipe(ns.command, ns.args)
+        if ns.command == "config":
+            config_cls, _ = _recipe(ns.recipe)
+            print(yaml.safe_dump(to_dict(config_cls()), sort_keys=False).rstrip())
+            return 0
+        if ns.command == "tiny-model":
+            from posttrain.models.tiny import build_tiny_model
+
+            out = build_tiny_model(ns.out_dir, arch=ns.arch, preset=ns.preset, seed=ns.seed)
+            print(f"tiny {ns.arch} model ({ns.preset}) written to {out}")
+            return 0
+        if ns.command == "make-data":
+            from posttrain.data.jsonl import write_jsonl
+            from posttrain.envs.arithmetic import ArithmeticTask, sft_rows
+
+            problems = ArithmeticTask(max_operand=ns.max_operand).problems(ns.n, seed=ns.seed, split=ns.split)
+            rows = sft_rows(problems) if ns.shape == "sft" else problems
+            write_jsonl(rows, ns.out)
+            print(f"wrote {len(rows)} {ns.shape} rows to {ns.out}")
+            return 0
+    except ConfigError as err:
+        print(f"posttrain: config error: {err}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {ns.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Typed configs: dataclasses filled from YAML plus dotted command-line overrides.
+
+    posttrain sft examples/sft.yaml optim.lr=3e-4 run.name=try2 model.lora.r=16
+
+Everything is checked at start-up, before any model loads: an unknown key, a value of the
+wrong type or batch sizes that don't divide fail with a message naming the key (and the file).
+The resolved config is a plain dict (`to_dict`) that the run directory saves as YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, of the wrong type, or inconsistent."""
+
+
+# --------------------------------------------------------------------------- sections shared by recipes
+
+
+@dataclasses.dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: Union[str, list[str]] = "all-linear"
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    # A local directory, a Hugging Face hub id, or `tiny` / `tiny:<arch>:<preset>` for the offline
+    # tiny model posttrain builds itself (arch qwen2|llama, preset tiny|small).
+    name_or_path: str = "tiny"
+    dtype: str = "float32"
+    device: str = "auto"
+    lora: Union[LoraConfig, None] = None
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclasses.dataclass
+class ArithmeticConfig:
+    """The built-in procedural arithmetic task (`data.train: builtin:arithmetic`)."""
+
+    min_operand: int = 0
+    max_operand: int = 99
+    ops: list[str] = dataclasses.field(default_factory=lambda: ["+"])
+    num_terms: int = 2
+    num_train: int = 8000
+    num_eval: int = 200
+
+
+@dataclasses.dataclass
+class DataConfig:
+    # A .jsonl / .json / .parquet file, a `datasets.save_to_disk` directory, a dataset name that
+    # `datasets.load_dataset` finds locally, or `builtin:arithmetic`.
+    train: str = "builtin:arithmetic"
+    eval: Union[str, None] = None
+    # When `eval` is not given, hold out this fraction of the training rows (0 = no evaluation split).
+    eval_fraction: float = 0.05
+    split: Union[str, None] = None
+    max_length: int = 512
+    # A malformed row either stops the run with its file, row and field ("error") or is skipped
+    # and counted ("skip").
+    on_bad_row: Literal["error", "skip"] = "error"
+    limit: Union[int, None] = None
+    # Column names, for datasets that use other ones.
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    messages_field: str = "messages"
+    answer_field: str = "answer"
+    arithmetic: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.95])
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+
+
+@dataclasses.dataclass
+class RunConfig:
+    output_dir: str = "runs"
+    name: str = "run"
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
+    wandb_project: Union[str, None] = None
+    log_every: int = 1
+    eval_every: int = 0  # 0 = only at the start and the end
+    save_every: int = 100
+    keep_last: int = 2
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Generation-based evaluation on the held-out prompts (accuracy under a reward function)."""
+
+    # A reward name (`arithmetic`, `math`, ...) or an import path `package.module:function`;
+    # None = report only the held-out loss.
+    reward: Union[str, None] = None
+    # Prompt rows (`prompt` + columns such as `answer`) to measure accuracy on. With
+    # `data.train: builtin:arithmetic` the task's held-out problems are used when this is unset.
+    prompts: Union[str, None] = None
+    max_new_tokens: int = 16
+    # Greedy accuracy is always reported; sampled accuracy (at this temperature) too when > 0.
+    temperature: float = 1.0
+    num_samples: int = 200
+    batch_size: int = 64
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def to_dict(config: Any) -> dict:
+    """The config as plain YAML-able Python data."""
+    return dataclasses.asdict(config)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Build `cls` from an optional YAML file, then apply `key.sub=value` overrides, then validate.
+
+    Override values are parsed as YAML scalars/lists (`lr=3e-4`, `ops=[+,-]`, `lora=null`).
+    """
+    raw: dict = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        where = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+        raw = loaded
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        _set_dotted(raw, key.strip(), _parse_scalar(value))
+    config = _build(cls, raw, prefix="", where=where)
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        validate()
+    return config
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, *, prefix: str, where: str, base: Any = None) -> Any:
+    """`cls` from `raw`; keys `raw` leaves out keep their values in `base` (else the class defaults).
+
+    `base` matters for nested sections whose parent sets non-default values (SFTConfig's run
+    section is named "sft"): overriding `run.seed` must not reset `run.name`.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'config'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        names = ", ".join(f"'{prefix}{k}'" for k in unknown)
+        valid = ", ".join(sorted(fields))
+        raise ConfigError(f"{where}: unknown key {names}; valid keys here: {valid}")
+    if base is None:
+        base = cls()
+    kwargs = {}
+    for name, value in raw.items():
+        current = getattr(base, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            kwargs[name] = _build(type(current), value, prefix=f"{prefix}{name}.", where=where, base=current)
+        else:
+            kwargs[name] = _coerce(hints[name], value, key=f"{prefix}{name}", where=where)
+    return dataclasses.replace(base, **kwargs)
+
+
+def _coerce(annotation: Any, value: Any, *, key: str, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+
+    if origin in (Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: '{key}' must not be null")
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key=key, where=where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: '{key}' = {value!r} matches none of its types")
+
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+
+    if origin is list:
+        (item_type,) = args or (Any,)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
+        return [_coerce(item_type, item, key=f"{key}[{i}]", where=where) for i, item in enumerate(value)]
+
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, dict):
+            return _build(annotation, value, prefix=f"{key}.", where=where)
+        raise ConfigError(f"{where}: '{key}' must be a mapping of its keys, got {value!r}")
+
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+    raise ConfigError(f"{where}: '{key}' has an unsupported type {annotation!r}")
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition holds (for `validate` methods)."""
+    if not condition:
+        raise ConfigError(message)

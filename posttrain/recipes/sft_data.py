@@ -1,0 +1,84 @@
+"""SFT data for the recipe: tokenised train / held-out splits and prompts for accuracy checks."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from posttrain.config import DataConfig, EvalConfig
+from posttrain.data.examples import LoadedExamples, collect, load_examples, parse_prompt, parse_sft
+from posttrain.data.readers import Record
+from posttrain.data.tokenize import TokenizedExample, tokenize_prompt, tokenize_sft
+from posttrain.envs.arithmetic import ArithmeticTask, sft_rows
+
+BUILTIN_ARITHMETIC = "builtin:arithmetic"
+
+
+@dataclass
+class SFTData:
+    train: list[TokenizedExample]
+    eval: list[TokenizedExample]
+    # Rows {"prompt": ..., <other columns>} and their prompt ids, for generation-based accuracy.
+    eval_prompts: list[dict] = field(default_factory=list)
+    eval_prompt_ids: list[list[int]] = field(default_factory=list)
+    skipped: int = 0
+
+
+def _records(source: str, rows: list[dict]) -> list[Record]:
+    return [Record(source, i, row) for i, row in enumerate(rows)]
+
+
+def arithmetic_task(cfg: DataConfig) -> ArithmeticTask:
+    a = cfg.arithmetic
+    return ArithmeticTask(min_operand=a.min_operand, max_operand=a.max_operand, ops=tuple(a.ops),
+                          num_terms=a.num_terms)
+
+
+def load_sft_data(cfg: DataConfig, tokenizer, *, eval_cfg: EvalConfig, seed: int, console=None) -> SFTData:
+    """Read, validate and tokenise; bad rows raise or are skipped and counted per `cfg.on_bad_row`."""
+    fields = {"messages_field": cfg.messages_field, "prompt_field": cfg.prompt_field,
+              "completion_field": cfg.completion_field}
+    prompt_rows: list[dict] = []
+    if cfg.train == BUILTIN_ARITHMETIC:
+        task = arithmetic_task(cfg)
+        train_problems = task.problems(cfg.arithmetic.num_train, seed=seed, split="train")
+        eval_problems = task.problems(cfg.arithmetic.num_eval, seed=seed, split="test")
+        train = collect(_records(BUILTIN_ARITHMETIC, sft_rows(train_problems)), lambda r: parse_sft(r, **fields))
+        held_out = collect(_records(BUILTIN_ARITHMETIC + "/test", sft_rows(eval_problems)),
+                           lambda r: parse_sft(r, **fields))
+        prompt_rows = eval_problems
+    else:
+        train = load_examples(cfg.train, "sft", on_bad_row=cfg.on_bad_row, split=cfg.split, limit=cfg.limit,
+                              **fields)
+        if cfg.eval:
+            held_out = load_examples(cfg.eval, "sft", on_bad_row=cfg.on_bad_row, **fields)
+        else:
+            held_out = LoadedExamples([])
+            if cfg.eval_fraction > 0 and len(train.examples) > 1:
+                shuffled = list(train.examples)
+                random.Random(seed).shuffle(shuffled)
+                cut = max(1, int(len(shuffled) * cfg.eval_fraction))
+                held_out.examples, train.examples = shuffled[:cut], shuffled[cut:]
+    if eval_cfg.prompts:
+        loaded = load_examples(eval_cfg.prompts, "prompt", on_bad_row=cfg.on_bad_row, prompt_field=cfg.prompt_field)
+        prompt_rows = [{"prompt": ex.prompt, **ex.extras} for ex in loaded.examples]
+
+    def tokenize(example):
+        return tokenize_sft(example, tokenizer, cfg.max_length)
+
+    train_tok = collect(train.examples, tokenize, on_bad_row=cfg.on_bad_row)
+    eval_tok = collect(held_out.examples, tokenize, on_bad_row=cfg.on_bad_row)
+    skipped = train.skipped + held_out.skipped + train_tok.skipped + eval_tok.skipped
+    if console is not None:
+        for part in (train, held_out, train_tok, eval_tok):
+            if part.summary():
+                console.print(f"[yellow]data: {part.summary()}[/yellow]")
+        console.print(f"data: {len(train_tok.examples)} training and {len(eval_tok.examples)} held-out sequences"
+                      + (f", {len(prompt_rows)} evaluation prompts" if prompt_rows else ""))
+    return SFTData(
+        train=train_tok.examples,
+        eval=eval_tok.examples,
+        eval_prompts=prompt_rows,
+        eval_prompt_ids=[tokenize_prompt(row["prompt"], tokenizer) for row in prompt_rows],
+        skipped=skipped,
+    )
