@@ -12,7 +12,6 @@ Dividing every micro-batch by the whole step's token count makes gradient accumu
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import torch
@@ -30,7 +29,7 @@ from posttrain.recipes.common import (
 )
 from posttrain.recipes.sft_data import SFTData, load_sft_data
 from posttrain.rewards import resolve_reward
-from posttrain.run import Run, check_finite
+from posttrain.run import Run
 
 
 @dataclasses.dataclass
@@ -91,11 +90,13 @@ def train(cfg: SFTConfig) -> dict:
         ledger = ComputeLedger()
         n_params = matmul_params(model)
         start_step = 0
+        first_eval: dict = {}
         checkpoint = run.resume_checkpoint
         if checkpoint is not None:
             state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
             start_step = int(state["step"])
             ledger.load_state_dict(state["ledger"])
+            first_eval = state.get("first_eval", {})
             run.print(f"resumed from {checkpoint} at step {start_step}")
 
         def evaluate(step: int) -> dict:
@@ -104,14 +105,17 @@ def train(cfg: SFTConfig) -> dict:
             run.log(step, metrics)
             return metrics
 
-        first_eval = evaluate(start_step) if start_step == 0 else {}
+        if start_step == 0:
+            first_eval = evaluate(0)
         model.train()
         with run.progress(cfg.steps, initial=start_step, description="sft") as bar:
             for step in range(start_step, cfg.steps):
                 with ledger.timed("sft"):
-                    metrics = sft_step(model, optimizer, scheduler, data, cfg, step, ledger, n_params,
-                                       tokenizer.pad_token_id, device)
-                check_finite(step + 1, metrics)
+                    metrics = accumulate_gradients(model, data, cfg, step, tokenizer.pad_token_id, device)
+                    metrics["train/grad_norm"] = clip_gradients(model, cfg.optim.max_grad_norm)
+                    run.check_finite(step + 1, metrics)  # before the update: a NaN never reaches the weights
+                    metrics["train/lr"] = apply_update(optimizer, scheduler)
+                    ledger.record("sft", tokens=metrics["train/tokens"], params=n_params, backward=True)
                 metrics.update(ledger.metrics())
                 if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.steps:
                     run.log(step + 1, metrics)
@@ -122,7 +126,8 @@ def train(cfg: SFTConfig) -> dict:
                 if (step + 1) % cfg.run.save_every == 0 and step + 1 < cfg.steps:
                     save_checkpoint(run.dir, step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
                                     tokenizer=tokenizer, keep_last=cfg.run.keep_last,
-                                    trainer_state={"step": step + 1, "ledger": ledger.state_dict()})
+                                    trainer_state={"step": step + 1, "ledger": ledger.state_dict(),
+                                                   "first_eval": first_eval})
 
         final_eval = evaluate(cfg.steps)
         model_dir = save_model(model, tokenizer, run.model_dir)
@@ -145,9 +150,9 @@ def train(cfg: SFTConfig) -> dict:
         return summary
 
 
-def sft_step(model, optimizer, scheduler, data: SFTData, cfg: SFTConfig, step: int,
-             ledger: ComputeLedger, n_params: int, pad_id: int, device: torch.device) -> dict:
-    """One optimizer step with gradient accumulation; returns the step's metrics."""
+def accumulate_gradients(model, data: SFTData, cfg: SFTConfig, step: int, pad_id: int,
+                         device: torch.device) -> dict:
+    """Forward and backward over the step's micro-batches; gradients accumulate in `.grad`."""
     indices = step_indices(step, per_step=cfg.sequences_per_step, num_examples=len(data.train),
                            seed=cfg.run.seed)
     examples = [data.train[i] for i in indices]
@@ -163,18 +168,22 @@ def sft_step(model, optimizer, scheduler, data: SFTData, cfg: SFTConfig, step: i
         loss.backward()
         total_loss += loss.item()
         total_tokens += int(batch["attention_mask"].sum())
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm
-    )
-    metrics = {"train/loss": total_loss, "train/grad_norm": float(grad_norm),
-               "train/lr": scheduler.get_last_lr()[0], "train/target_tokens": step_targets,
-               "train/tokens": total_tokens}
-    if math.isfinite(total_loss) and math.isfinite(float(grad_norm)):
-        optimizer.step()
+    return {"train/loss": total_loss, "train/target_tokens": step_targets, "train/tokens": total_tokens}
+
+
+def clip_gradients(model, max_grad_norm: float) -> float:
+    """Clip the global gradient norm; returns the norm before clipping."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+
+
+def apply_update(optimizer, scheduler) -> float:
+    """Step the optimizer and the schedule, clear gradients; returns the learning rate used."""
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    ledger.record("sft", tokens=total_tokens, params=n_params, backward=True)
-    return metrics
+    return lr
 
 
 @torch.no_grad()
