@@ -16,6 +16,8 @@ from posttrain.config import ConfigError, load_config, to_dict
 # `posttrain --help` answers without importing torch.
 RECIPES: dict[str, tuple[str, str, str, str]] = {
     "sft": ("posttrain.recipes.sft", "SFTConfig", "train", "supervised fine-tuning on chat or completion data"),
+    "rl": ("posttrain.recipes.rl", "RLConfig", "train",
+           "RL with verifiable rewards: grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo"),
     "demo": ("posttrain.recipes.demo", "DemoConfig", "run_demo",
              "the end-to-end demo on the built-in tiny model and arithmetic task"),
 }

@@ -1,0 +1,113 @@
+"""Config of `posttrain rl`: GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++ and GSPO from one loop.
+
+`algorithm.name` picks a preset (posttrain/algorithms/presets.py, each citing its paper);
+every other `algorithm.*` key left at null takes the preset's value, and a key set in the
+config wins. The resolved combination is printed and logged at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Union
+
+from posttrain.algorithms.presets import AlgorithmPreset, get_preset
+from posttrain.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require
+
+
+@dataclasses.dataclass
+class AlgorithmConfig:
+    name: str = "grpo"
+    advantage: Union[str, None] = None
+    policy_loss: Union[str, None] = None
+    aggregation: Union[str, None] = None
+    eps_low: Union[float, None] = None
+    eps_high: Union[float, None] = None
+    dual_clip: Union[float, None] = None
+    kl_coef: Union[float, None] = None
+    kl_estimator: Union[str, None] = None
+    kl_placement: Union[Literal["loss", "reward"], None] = None
+    dynamic_sampling: Union[bool, None] = None
+    overlong_cache_fraction: Union[float, None] = None
+    # For "seq-mean-token-sum-norm": a number, or "max_new_tokens" (Dr. GRPO's constant).
+    loss_normaliser: Union[float, str, None] = None
+
+    def resolve(self) -> AlgorithmPreset:
+        """The preset with every non-null key of this section laid over it."""
+        preset = get_preset(self.name)
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name != "name" and getattr(self, f.name) is not None}
+        return dataclasses.replace(preset, **changes)
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    prompts_per_step: int = 16
+    samples_per_prompt: int = 8
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    # DAPO dynamic sampling: how many extra generation rounds may refill dropped groups.
+    max_refill_rounds: int = 3
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    # Reward names (`arithmetic`, `math`, `code`) or import paths `package.module:function`.
+    functions: list[str] = dataclasses.field(default_factory=lambda: ["arithmetic"])
+    weights: Union[list[float], None] = None
+    # A reward that raises / returns a non-number: score 0 ("zero"), exclude ("none") or stop ("raise").
+    # Failures are counted in the metrics (rewards/<name>/raised) either way.
+    on_error: Literal["zero", "none", "raise"] = "zero"
+    # Seconds per item; runs plain functions in a worker process (the only way to stop a hang).
+    timeout_s: Union[float, None] = None
+
+
+@dataclasses.dataclass
+class RLConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(eval_fraction=0.05))
+    optim: OptimConfig = dataclasses.field(
+        default_factory=lambda: OptimConfig(lr=1e-5, schedule="constant", max_grad_norm=1.0))
+    run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(name="rl", save_every=50))
+    eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(reward=None, num_samples=200))
+    algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+    steps: int = 100
+    # Sequences per forward/backward pass; a step's prompts_per_step × samples_per_prompt
+    # sequences are split into micro-batches of this size (gradient accumulation in between).
+    micro_batch_size: int = 64
+    # Optimizer steps per rollout batch (PPO epochs); old log-probs are computed once per batch.
+    updates_per_batch: int = 1
+
+    def validate(self) -> None:
+        r = self.rollout
+        sequences = r.prompts_per_step * r.samples_per_prompt
+        require(self.steps > 0, f"steps must be > 0, got {self.steps}")
+        require(r.prompts_per_step > 0, "rollout.prompts_per_step must be > 0")
+        require(r.samples_per_prompt >= 1, "rollout.samples_per_prompt must be >= 1")
+        require(r.max_new_tokens > 0, "rollout.max_new_tokens must be > 0")
+        require(r.temperature > 0, "rollout.temperature must be > 0 for RL (the policy gradient needs sampling)")
+        require(self.micro_batch_size > 0, "micro_batch_size must be > 0")
+        require(sequences % self.micro_batch_size == 0,
+                f"rollout.prompts_per_step × rollout.samples_per_prompt ({r.prompts_per_step} × "
+                f"{r.samples_per_prompt} = {sequences} sequences) must be a multiple of micro_batch_size "
+                f"({self.micro_batch_size})")
+        require(self.updates_per_batch >= 1, "updates_per_batch must be >= 1")
+        require(bool(self.reward.functions), "reward.functions must name at least one reward")
+        require(self.reward.weights is None or len(self.reward.weights) == len(self.reward.functions),
+                f"reward.weights has {len(self.reward.weights or [])} entries for "
+                f"{len(self.reward.functions)} reward.functions")
+        try:
+            algo = self.algorithm.resolve()
+        except (ValueError, TypeError) as err:
+            require(False, f"algorithm: {err}")
+        group_estimators = {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"}
+        require(algo.advantage not in group_estimators or r.samples_per_prompt >= 2,
+                f"algorithm {self.algorithm.name!r} uses a group baseline ({algo.advantage}): "
+                f"rollout.samples_per_prompt must be >= 2, got {r.samples_per_prompt}")
+        require(algo.advantage != "gae", "algorithm 'ppo' needs a value model: use `posttrain ppo` (coming) ")
+        require(algo.loss_normaliser is None or isinstance(algo.loss_normaliser, float)
+                or algo.loss_normaliser == "max_new_tokens",
+                f"algorithm.loss_normaliser must be a number or 'max_new_tokens', got {algo.loss_normaliser!r}")

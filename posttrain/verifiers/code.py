@@ -1,0 +1,218 @@
+"""Code rewards: run a completion's Python against unit tests in the sandbox.
+
+The completion's code (its last ```python fenced block, else the whole text) is saved as
+``solution.py`` beside a small harness (`_HARNESS`) and the tests. In one sandboxed process the
+harness
+
+1. reads a random nonce from stdin (a pipe: once read, gone) and puts /dev/null in its place;
+2. reads the tests, and keeps its own references to ``exec``, ``compile`` and ``os.write``, so
+   that the solution can neither rewrite the tests on disk nor monkeypatch the machinery;
+3. executes the solution (as module ``solution``, so its ``if __name__ == "__main__"`` block
+   stays quiet);
+4. runs each test in the solution's namespace, each with its own alarm-based time limit;
+5. writes one line ``<nonce> <bits>`` (``1`` = passed) straight to file descriptor 1 and exits
+   with status 0 at once, skipping any ``atexit`` handler the solution registered.
+
+The parent trusts nothing else: the process must exit with status 0 in time, and the LAST line
+of stdout must be the only one carrying the nonce, with one bit per test. A printed "all tests
+passed", an early ``sys.exit(0)`` or ``os._exit(0)``, or a crash all score 0. Known limit: the
+solution runs in the same interpreter, so code that digs the nonce out of the harness's memory
+(frame or ``gc`` introspection), or returns objects whose ``__eq__`` is always True, is not
+stopped; these rewards are for training, not for judging determined adversaries.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+from posttrain.verifiers.sandbox import SandboxLimits, SandboxResult, run_python
+from posttrain.verifiers.workers import Outcome
+
+Mode = Literal["all", "fraction"]
+
+_OPEN_FENCE = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n", re.IGNORECASE)
+
+_HARNESS = r'''
+import json, os, signal, sys, traceback
+_exec, _compile, _write, _read, _exit = exec, compile, os.write, os.read, os._exit
+
+class _TestTimeout(BaseException):
+    pass
+
+def _on_alarm(signum, frame):
+    raise _TestTimeout()
+
+def _main():
+    nonce = b""
+    while not nonce.endswith(b"\n"):
+        chunk = _read(0, 64)
+        if not chunk:
+            break
+        nonce += chunk
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    with open("tests.json", encoding="utf-8") as f:
+        spec = json.load(f)
+    tests, per_test_s = spec["tests"], spec["per_test_timeout_s"]
+    with open("solution.py", encoding="utf-8") as f:
+        source = f.read()
+    namespace = {"__name__": "solution", "__builtins__": __builtins__}
+    loaded = True
+    try:
+        _exec(_compile(source, "solution.py", "exec"), namespace)
+    except BaseException:
+        traceback.print_exc()
+        loaded = False
+    bits = []
+    for i, test in enumerate(tests):
+        passed = False
+        if loaded:
+            try:
+                signal.signal(signal.SIGALRM, _on_alarm)
+                signal.setitimer(signal.ITIMER_REAL, per_test_s)
+                try:
+                    _exec(_compile(test, "test_%d" % i, "exec"), namespace)
+                    passed = True
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            except _TestTimeout:
+                print("test %d: timed out after %gs" % (i, per_test_s), file=sys.stderr)
+            except BaseException as err:
+                print("test %d: %s: %s" % (i, type(err).__name__, err), file=sys.stderr)
+        bits.append("1" if passed else "0")
+    _write(1, b"\n" + nonce.strip() + b" " + "".join(bits).encode() + b"\n")
+    _exit(0)
+
+_main()
+'''
+
+
+def extract_code(completion: str) -> str:
+    """The last ```python (or ```py) fenced block; an unclosed final fence (the model was cut
+    off) runs to the end; with no such fence at all, the whole completion."""
+    opens = list(_OPEN_FENCE.finditer(completion))
+    if not opens:
+        return completion
+    body_start = opens[-1].end()
+    close = completion.find("```", body_start)
+    return completion[body_start:close] if close != -1 else completion[body_start:]
+
+
+def _normalise_tests(tests: Any) -> list[str]:
+    if isinstance(tests, str):
+        tests = [tests]
+    if not isinstance(tests, (list, tuple)) or not all(isinstance(t, str) for t in tests):
+        raise TypeError(f"field 'tests' must be a list of strings or one string of test code, got {type(tests).__name__}")
+    if not tests or not any(t.strip() for t in tests):
+        raise ValueError("field 'tests' is empty")
+    return list(tests)
+
+
+@dataclass(frozen=True)
+class TestReport:
+    """Which tests passed.
+
+    Attributes:
+        passed: one bool per test, in order (all False when the harness line is missing).
+        verified: the harness's nonce line was found exactly once with one bit per test.
+        sandbox: the raw sandbox result (stderr holds per-test failure reasons).
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    passed: tuple[bool, ...]
+    verified: bool
+    sandbox: SandboxResult
+
+    @property
+    def fraction(self) -> float:
+        return sum(self.passed) / len(self.passed) if self.passed else 0.0
+
+
+def run_tests(
+    code: str,
+    tests: Sequence[str] | str,
+    *,
+    limits: SandboxLimits | None = None,
+    per_test_timeout_s: float = 3.0,
+) -> TestReport:
+    """Run `code` then each test in one sandboxed process; see the module docstring."""
+    tests = _normalise_tests(tests)
+    if not per_test_timeout_s > 0:
+        raise ValueError(f"per_test_timeout_s must be > 0, got {per_test_timeout_s}")
+    nonce = secrets.token_hex(16)
+    spec = json.dumps({"tests": tests, "per_test_timeout_s": float(per_test_timeout_s)})
+    result = run_python(_HARNESS, files={"solution.py": code, "tests.json": spec}, stdin=nonce + "\n",
+                        limits=limits or SandboxLimits())
+    lines = result.stdout.rstrip("\n").split("\n")
+    if result.ok and lines[-1].startswith(nonce + " ") and sum(nonce in line for line in lines) == 1:
+        bits = lines[-1][len(nonce) + 1 :]
+        if len(bits) == len(tests) and set(bits) <= {"0", "1"}:
+            return TestReport(tuple(b == "1" for b in bits), True, result)
+    return TestReport((False,) * len(tests), False, result)
+
+
+def code_reward(
+    prompt: Any,
+    completion: str,
+    tests: Sequence[str] | str | None = None,
+    *,
+    mode: Mode = "all",
+    limits: SandboxLimits | None = None,
+    per_test_timeout_s: float = 3.0,
+    **row: Any,
+) -> float:
+    """Reward function: run `completion`'s code against `tests` (the dataset's ``tests`` field).
+
+    Args:
+        tests: assert statements (each one test) or one string of test code (one test).
+        mode: "all" -> 1.0 iff every test passes; "fraction" -> the fraction that pass.
+        limits, per_test_timeout_s: sandbox limits; time limit of each test.
+
+    Use ``functools.partial(code_reward, mode="fraction")`` to fix options for a trainer.
+    """
+    if tests is None:
+        raise ValueError(f"code reward needs a 'tests' field in the row (fields: {sorted(row)})")
+    if mode not in ("all", "fraction"):
+        raise ValueError(f"mode must be 'all' or 'fraction', got {mode!r}")
+    report = run_tests(extract_code(completion), tests, limits=limits, per_test_timeout_s=per_test_timeout_s)
+    if mode == "fraction":
+        return report.fraction
+    return 1.0 if report.passed and all(report.passed) else 0.0
+
+
+class CodeVerifier:
+    """`code_reward` with fixed options and a `batch` method that runs sandboxes in parallel.
+
+    Each completion gets its own sandboxed process (~40 ms of start-up on a 2-core machine);
+    `max_parallel` of them run at once from a thread pool (threads only wait on processes).
+    """
+
+    def __init__(self, *, mode: Mode = "all", limits: SandboxLimits | None = None,
+                 per_test_timeout_s: float = 3.0, max_parallel: int = 2) -> None:
+        if mode not in ("all", "fraction"):
+            raise ValueError(f"mode must be 'all' or 'fraction', got {mode!r}")
+        if max_parallel < 1:
+            raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
+        self.mode, self.limits, self.per_test_timeout_s, self.max_parallel = mode, limits, per_test_timeout_s, max_parallel
+
+    def __call__(self, prompt: Any, completion: str, tests: Sequence[str] | str | None = None, **row: Any) -> float:
+        return code_reward(prompt, completion, tests, mode=self.mode, limits=self.limits,
+                           per_test_timeout_s=self.per_test_timeout_s, **row)
+
+    def batch(self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict]) -> list[Outcome]:
+        """Outcomes in order; an item whose row is bad comes back as an "error" outcome."""
+        def one(i: int) -> Outcome:
+            try:
+                return Outcome("ok", value=self(prompts[i], completions[i], **rows[i]))
+            except Exception as err:  # noqa: BLE001 - reported per item, not raised for the batch
+                return Outcome("error", error=f"row {i}: {type(err).__name__}: {err}")
+
+        with ThreadPoolExecutor(max_workers=self.max_parallel) as pool:
+            return list(pool.map(one, range(len(completions))))

@@ -1,0 +1,279 @@
+"""Combining reward functions, and calling them over a batch without hiding failures.
+
+A reward function is a plain callable ``(prompt, completion, **row) -> float | None``; None
+means "not scorable". Trainers call rewards through a `RewardRunner`, which
+
+* calls each named function over the batch -- through its ``batch(prompts, completions, rows)
+  -> list[Outcome]`` method when it has one (`MathVerifier`, `CodeVerifier`, `math_reward`),
+  else one item at a time;
+* scores an item whose function raised, timed out or returned something that is not a finite
+  number according to ``on_error``: "zero" (default: 0.0), "none" (not scorable) or "raise";
+* COUNTS every such event per function (and keeps the first traceback), so that the caller's
+  metrics show a broken reward instead of a silent run of zeros.
+
+Timeouts (``timeout_s``) run a plain function in a `WorkerPool` process: the only way to stop
+a hung Python call. The price: the function must be picklable (defined at module level), each
+item costs a pickle round trip (~0.1 ms), the pool's first use costs a process start (~0.1-1 s),
+and every timeout costs a restart. Without ``timeout_s`` functions run in this process at no
+extra cost. Functions with a ``batch`` method enforce their own timeouts.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from posttrain.verifiers.workers import Outcome, WorkerPool
+
+RewardFn = Callable[..., "float | None"]
+OnError = Literal["zero", "none", "raise"]
+_RESERVED = ("prompt", "completion")
+
+
+class RewardError(RuntimeError):
+    """A reward function failed and ``on_error="raise"`` was asked for."""
+
+
+def _columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Dataset columns to pass as keywords: a column named 'prompt' or 'completion' would
+    collide with the positional arguments, so it is left out."""
+    return {k: v for k, v in row.items() if k not in _RESERVED}
+
+
+def _as_score(value: Any) -> float | None:
+    """Check a reward's return value: None, or a finite real number (bools count as 0/1)."""
+    if value is None:
+        return None
+    try:  # accepts bool, int, float and one-element numpy / torch values
+        if isinstance(value, (str, bytes)):
+            raise TypeError
+        score = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"reward returned {value!r} ({type(value).__name__}); expected a float or None") from None
+    if not math.isfinite(score):
+        raise ValueError(f"reward returned {score}; rewards must be finite")
+    return score
+
+
+def weighted_sum(rewards: Mapping[str, RewardFn], weights: Mapping[str, float]) -> RewardFn:
+    """``sum(weights[k] * rewards[k](...))`` as one reward function; None if any part is None.
+
+    No error handling here: use `RewardRunner` to count failures per component.
+    """
+    _check_names(rewards, weights)
+    parts = [(name, rewards[name], float(weights[name])) for name in rewards]
+
+    def combined(prompt: Any, completion: str, **row: Any) -> float | None:
+        total = 0.0
+        for _name, fn, weight in parts:
+            score = _as_score(fn(prompt, completion, **row))
+            if score is None:
+                return None
+            total += weight * score
+        return total
+
+    combined.__name__ = "weighted_sum_" + "_".join(rewards)
+    return combined
+
+
+def _check_names(rewards: Mapping[str, RewardFn], weights: Mapping[str, float]) -> None:
+    if not rewards:
+        raise ValueError("no reward functions given")
+    missing, extra = set(rewards) - set(weights), set(weights) - set(rewards)
+    if missing or extra:
+        raise ValueError(f"weights must name exactly the rewards {sorted(rewards)}: "
+                         f"missing {sorted(missing)}, unknown {sorted(extra)}")
+    for name, fn in rewards.items():
+        if not callable(fn):
+            raise TypeError(f"reward {name!r} is {fn!r}, which is not callable")
+
+
+@dataclass
+class RewardStats:
+    """Counts for one reward function.
+
+    Attributes:
+        calls: items scored.
+        raised: items whose call raised (or returned a non-number, or whose worker died).
+        timed_out: items stopped by the timeout.
+        none: items the function itself called not scorable (returned None).
+        first_error: the first traceback or reason seen, for the log.
+    """
+
+    calls: int = 0
+    raised: int = 0
+    timed_out: int = 0
+    none: int = 0
+    first_error: str | None = None
+
+    def add(self, other: "RewardStats") -> None:
+        self.calls += other.calls
+        self.raised += other.raised
+        self.timed_out += other.timed_out
+        self.none += other.none
+        self.first_error = self.first_error or other.first_error
+
+
+class SafeReward:
+    """A reward function that never crashes the caller; see `safe_reward`."""
+
+    def __init__(self, fn: RewardFn, *, on_error: OnError = "zero", timeout_s: float | None = None,
+                 name: str | None = None, mp_context: str = "spawn") -> None:
+        if on_error not in ("zero", "none", "raise"):
+            raise ValueError(f"on_error must be 'zero', 'none' or 'raise', got {on_error!r}")
+        if not callable(fn):
+            raise TypeError(f"reward {name or fn!r} is not callable")
+        self.fn, self.on_error = fn, on_error
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        self.stats = RewardStats()  # over this object's lifetime
+        has_batch = callable(getattr(fn, "batch", None))
+        self._pool = None
+        if timeout_s is not None and not has_batch:
+            self._pool = WorkerPool(fn, timeout_s=timeout_s, mp_context=mp_context)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def outcomes(self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[Mapping]) -> list[Outcome]:
+        """Raw outcomes, one per item, nothing scored or counted yet."""
+        columns = [_columns(row) for row in rows]
+        batch = getattr(self.fn, "batch", None)
+        if callable(batch):
+            try:
+                outcomes = list(batch(prompts, completions, columns))
+            except Exception:  # noqa: BLE001 - the whole batch failed: report it on every item
+                return [Outcome("error", error=traceback.format_exc())] * len(completions)
+            if len(outcomes) != len(completions):
+                error = f"{self.name}.batch returned {len(outcomes)} outcomes for {len(completions)} items"
+                return [Outcome("error", error=error)] * len(completions)
+            return outcomes
+        if self._pool is not None:
+            return self._pool.map([((p, c), kw) for p, c, kw in zip(prompts, completions, columns)])
+        results = []
+        for p, c, kw in zip(prompts, completions, columns):
+            try:
+                results.append(Outcome("ok", value=self.fn(p, c, **kw)))
+            except Exception:  # noqa: BLE001 - counted and reported, per on_error
+                results.append(Outcome("error", error=traceback.format_exc()))
+        return results
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[str],
+              rows: Sequence[Mapping]) -> tuple[list[float | None], RewardStats]:
+        """Scores for a batch and this batch's counts (also added to ``self.stats``)."""
+        stats = RewardStats()
+        scores = [self._resolve(outcome, stats) for outcome in self.outcomes(prompts, completions, rows)]
+        self.stats.add(stats)
+        return scores, stats
+
+    def __call__(self, prompt: Any, completion: str, **row: Any) -> float | None:
+        return self.score([prompt], [completion], [row])[0][0]
+
+    def _resolve(self, outcome: Outcome, stats: RewardStats) -> float | None:
+        stats.calls += 1
+        status, error = outcome.status, outcome.error
+        if status == "ok":
+            try:
+                score = _as_score(outcome.value)
+            except (TypeError, ValueError) as err:
+                status, error = "error", str(err)
+            else:
+                stats.none += score is None
+                return score
+        if status == "timeout":
+            stats.timed_out += 1
+        else:
+            stats.raised += 1
+        stats.first_error = stats.first_error or error
+        if self.on_error == "raise":
+            raise RewardError(f"reward {self.name!r} failed ({status}):\n{error}")
+        return 0.0 if self.on_error == "zero" else None
+
+
+def safe_reward(fn: RewardFn, *, on_error: OnError = "zero", timeout_s: float | None = None,
+                name: str | None = None, mp_context: str = "spawn") -> SafeReward:
+    """Wrap `fn` so that a raise, a timeout or a bad return value is scored per `on_error`
+    ("zero" -> 0.0, "none" -> not scorable, "raise" -> `RewardError`) and counted in
+    ``.stats``. With `timeout_s`, plain functions run in a worker process (see module doc)."""
+    return SafeReward(fn, on_error=on_error, timeout_s=timeout_s, name=name, mp_context=mp_context)
+
+
+@dataclass
+class RewardReport:
+    """Scores of one batch.
+
+    Attributes:
+        total: weighted sum per item; None where any component was None (not scorable).
+        per_reward: each function's scores, by name.
+        stats: each function's counts for this batch, by name.
+    """
+
+    total: list[float | None]
+    per_reward: dict[str, list[float | None]]
+    stats: dict[str, RewardStats] = field(default_factory=dict)
+
+    def metrics(self, prefix: str = "rewards") -> dict[str, float]:
+        """Flat numbers for a metrics log: means over scorable items, and failure counts."""
+        out: dict[str, float] = {}
+        for name, scores in {**self.per_reward, "total": self.total}.items():
+            valid = [s for s in scores if s is not None]
+            out[f"{prefix}/{name}/mean"] = sum(valid) / len(valid) if valid else float("nan")
+            out[f"{prefix}/{name}/unscorable"] = float(len(scores) - len(valid))
+        for name, st in self.stats.items():
+            out[f"{prefix}/{name}/raised"] = float(st.raised)
+            out[f"{prefix}/{name}/timed_out"] = float(st.timed_out)
+        return out
+
+    def errors(self) -> dict[str, str]:
+        """The first traceback of each function that failed in this batch."""
+        return {name: st.first_error for name, st in self.stats.items() if st.first_error}
+
+
+class RewardRunner:
+    """Score batches with several named reward functions and a weighted total.
+
+    Args:
+        rewards: name -> reward function (a `SafeReward` is used as it is).
+        weights: name -> weight; default 1.0 each.
+        on_error, timeout_s, mp_context: passed to `safe_reward` for each function.
+    """
+
+    def __init__(self, rewards: Mapping[str, RewardFn], weights: Mapping[str, float] | None = None, *,
+                 on_error: OnError = "zero", timeout_s: float | None = None, mp_context: str = "spawn") -> None:
+        weights = dict(weights) if weights is not None else {name: 1.0 for name in rewards}
+        _check_names(rewards, weights)
+        self.weights = {name: float(w) for name, w in weights.items()}
+        self.rewards = {
+            name: fn if isinstance(fn, SafeReward)
+            else safe_reward(fn, on_error=on_error, timeout_s=timeout_s, name=name, mp_context=mp_context)
+            for name, fn in rewards.items()
+        }
+
+    def __enter__(self) -> "RewardRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for reward in self.rewards.values():
+            reward.close()
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[str],
+                 rows: Sequence[Mapping[str, Any]] | None = None) -> RewardReport:
+        """Score ``completions[i]`` (answering ``prompts[i]``, with dataset columns ``rows[i]``)."""
+        rows = list(rows) if rows is not None else [{} for _ in completions]
+        if not len(prompts) == len(completions) == len(rows):
+            raise ValueError(f"prompts, completions and rows differ in length: "
+                             f"{len(prompts)}, {len(completions)}, {len(rows)}")
+        per_reward, stats = {}, {}
+        for name, reward in self.rewards.items():
+            per_reward[name], stats[name] = reward.score(prompts, completions, rows)
+        total = []
+        for i in range(len(completions)):
+            parts = [per_reward[name][i] for name in self.rewards]
+            total.append(None if any(p is None for p in parts)
+                         else sum(self.weights[name] * p for name, p in zip(self.rewards, parts)))
+        return RewardReport(total=total, per_reward=per_reward, stats=stats)
