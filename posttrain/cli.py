@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -89,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Recipes print their own progress; transformers' per-file load/save bars are noise here.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
@@ -119,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"posttrain: config error: {err}", file=sys.stderr)
         return 2
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
+        # Data errors (file, row, field), runs that would clobber another, NaN losses: the message
+        # says what to do; the traceback only buries it. POSTTRAIN_DEBUG=1 shows it anyway.
+        if os.environ.get("POSTTRAIN_DEBUG"):
+            raise
+        print(f"posttrain: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     parser.error(f"unknown command {ns.command}")
     return 2
 

@@ -1,0 +1,62 @@
+"""RL recipe pieces without a model: config checks, rollout packing, unscorable rewards."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from posttrain.config import ConfigError, load_config
+from posttrain.engines.base import Completion
+from posttrain.recipes.rl import _concat, _fill_unscorable
+from posttrain.recipes.rl_config import RLConfig
+from posttrain.recipes.rollouts import build_batch
+
+
+def test_algorithm_preset_with_user_overrides():
+    cfg = load_config(RLConfig, None, ["algorithm.name=dapo", "algorithm.eps_high=0.3"])
+    algo = cfg.algorithm.resolve()
+    assert algo.dynamic_sampling and algo.aggregation == "token-mean"  # from the DAPO preset
+    assert algo.eps_high == 0.3 and algo.eps_low == 0.2                # user key wins, rest kept
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rollout.prompts_per_step=3", "rollout.samples_per_prompt=5", "micro_batch_size=4"],
+     r"3 × 5 = 15 sequences\) must be a multiple of micro_batch_size \(4\)"),
+    (["algorithm.name=grpo2"], "unknown algorithm 'grpo2'"),
+    (["rollout.samples_per_prompt=1", "micro_batch_size=1"], "samples_per_prompt must be >= 2"),
+    (["reward.weights=[1.0, 2.0]"], "reward.weights has 2 entries for 1 reward.functions"),
+    (["rollout.temperature=0"], "temperature must be > 0"),
+])
+def test_inconsistent_rl_configs_fail_at_start(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(RLConfig, None, overrides)
+
+
+def completion(ids, finish="stop"):
+    return Completion(prompt_index=0, token_ids=ids, logprobs=[-0.5] * len(ids), text="", finish_reason=finish)
+
+
+def test_build_batch_masks_exactly_the_response_tokens_on_the_shifted_axis():
+    # Prompt [5, 6] + response [7, 8(EOS)]: shifted positions 1 and 2 predict 7 and 8.
+    # Prompt [5] + response [9] (truncated): shifted position 0 predicts 9.
+    batch = build_batch([[5, 6], [5]], [completion([7, 8]), completion([9], "length")], [1.0, None], pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8], [5, 9, 0, 0]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert batch.mask.tolist() == [[0, 1, 1], [1, 0, 0]]
+    assert batch.sampler_logprobs.tolist() == [[0, -0.5, -0.5], [-0.5, 0, 0]]
+    assert batch.scorable.tolist() == [True, False]
+    assert batch.truncated.tolist() == [False, True]
+    assert batch.response_lengths.tolist() == [2, 1]
+
+
+def test_unscorable_reward_takes_its_group_mean():
+    # Group 1: [1, None, 0] -> None becomes mean(1, 0) = 0.5; group 2 untouched.
+    batch = build_batch([[1]] * 6, [completion([2])] * 6, [1.0, None, 0.0, 0.0, 1.0, 1.0], pad_id=0)
+    assert_close(_fill_unscorable(batch, 3).rewards, torch.tensor([1.0, 0.5, 0.0, 0.0, 1.0, 1.0]))
+
+
+def test_concat_pads_batches_of_different_widths():
+    a = build_batch([[1]], [completion([2, 3, 4])], [1.0], pad_id=0)
+    b = build_batch([[1]], [completion([2])], [0.0], pad_id=0)
+    both = _concat([a, b])
+    assert both.input_ids.tolist() == [[1, 2, 3, 4], [1, 2, 0, 0]]
+    assert both.mask.tolist() == [[1, 1, 1], [1, 0, 0]]
