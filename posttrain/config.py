@@ -120,7 +120,6 @@ class EvalConfig:
     # Greedy accuracy is always reported; sampled accuracy (at this temperature) too when > 0.
     temperature: float = 1.0
     num_samples: int = 200
-    batch_size: int = 64
 
 
 # --------------------------------------------------------------------------- loading

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import torch
 
-from posttrain.algorithms.import_path import is_import_path, resolve_import_path
+from posttrain.import_path import is_import_path, resolve_import_path
 from posttrain.algorithms.masked import check_mask, masked_sum
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from posttrain.algorithms.import_path import is_import_path, resolve_import_path
+from posttrain.import_path import is_import_path, resolve_import_path
 from posttrain.algorithms.masked import check_mask, masked_fill_zero
 
 # k3 exponentiates the log-ratio; past |δ| = 20 (a probability ratio of ~5e8) the value is

@@ -31,7 +31,7 @@ import torch
 
 from posttrain.algorithms import advantages as adv
 from posttrain.algorithms.aggregation import AGGREGATIONS, Aggregation
-from posttrain.algorithms.import_path import is_import_path, resolve_import_path
+from posttrain.import_path import is_import_path, resolve_import_path
 from posttrain.algorithms.kl import KL_ESTIMATORS, KLEstimator
 from posttrain.algorithms.masked import check_mask, masked_fill_zero, masked_sum
 from posttrain.algorithms.policy_loss import PolicyLossOutput, gspo_loss, ppo_clip_loss
