@@ -1,9 +1,11 @@
 """The demo: everything posttrain needs, on the built-in tiny model, in a few CPU minutes.
 
 1. build the offline tiny Qwen2-style model and its locally trained tokenizer;
-2. SFT it on generated addition problems (chat format, loss on the answer only);
-3. report held-out accuracy before and after, greedy and sampled at T = 1, with the run
-   directory, the reward/loss plot and `summary.json`.
+2. SFT it on generated addition problems (chat format, loss on the answer only) — a warm start
+   that leaves room for RL;
+3. GRPO with the verifiable arithmetic reward (`rl_steps: 0` skips it);
+4. report held-out accuracy after each stage, greedy and sampled at T = 1 (the same prompts,
+   seed and settings every time), with the run directories, plots and `summary.json`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from posttrain.config import ArithmeticConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require
-from posttrain.recipes import sft
+from posttrain.recipes import rl, sft
+from posttrain.recipes.rl_config import AlgorithmConfig, RLConfig, RolloutConfig
 
 
 @dataclasses.dataclass
@@ -31,6 +34,10 @@ class DemoConfig:
     sequences_per_step: int = 32
     eval_samples: int = 200
     max_operand: int = 49
+    rl_steps: int = 300
+    rl_lr: float = 1e-4
+    prompts_per_step: int = 16
+    samples_per_prompt: int = 8
     overwrite: bool = True
     resume: bool = False
 
@@ -57,35 +64,70 @@ def sft_config(cfg: DemoConfig) -> sft.SFTConfig:
     )
 
 
+def rl_config(cfg: DemoConfig, sft_model: str) -> RLConfig:
+    base = sft_config(cfg)
+    return RLConfig(
+        model=ModelConfig(name_or_path=sft_model, device="cpu"),
+        data=base.data,
+        optim=OptimConfig(lr=cfg.rl_lr, schedule="constant"),
+        run=RunConfig(output_dir=base.run.output_dir, name="grpo", seed=cfg.seed, overwrite=base.run.overwrite,
+                      resume=cfg.resume, save_every=max(cfg.rl_steps // 3, 1),
+                      eval_every=max(cfg.rl_steps // 6, 1), log_every=5),
+        eval=EvalConfig(reward="arithmetic", num_samples=cfg.eval_samples),
+        algorithm=AlgorithmConfig(name="grpo", kl_coef=0.0),
+        rollout=RolloutConfig(prompts_per_step=cfg.prompts_per_step, samples_per_prompt=cfg.samples_per_prompt,
+                              max_new_tokens=6, temperature=1.0),
+        steps=cfg.rl_steps,
+        micro_batch_size=cfg.prompts_per_step * cfg.samples_per_prompt,
+    )
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     console = Console()
     started = time.time()
-    console.rule("[bold]posttrain demo: SFT on arithmetic with the offline tiny model")
+    console.rule("[bold]posttrain demo 1/2: SFT on arithmetic with the offline tiny model")
     sft_summary = sft.train(sft_config(cfg))
+    stages = [("before SFT", "before", sft_summary), ("after SFT", "after", sft_summary)]
+    plots = [sft_summary["plot"]]
+    rl_summary: dict = {}
+    if cfg.rl_steps > 0:
+        console.rule("[bold]posttrain demo 2/2: GRPO with the verifiable arithmetic reward")
+        rl_summary = rl.train(rl_config(cfg, sft_summary["model_dir"]))
+        stages.append(("after GRPO", "after", rl_summary))
+        plots.append(rl_summary["plot"])
 
+    def accuracy(summary: dict, when: str, how: str) -> float | None:
+        return summary.get(f"{when}/eval/accuracy_{how}")
+
+    final = rl_summary or sft_summary
+    start = rl_summary if rl_summary else sft_summary
     summary = {
-        "sft_accuracy_before_greedy": sft_summary.get("before/eval/accuracy_greedy"),
-        "sft_accuracy_after_greedy": sft_summary.get("after/eval/accuracy_greedy"),
-        "sft_accuracy_before_sampled": sft_summary.get("before/eval/accuracy_sampled"),
-        "sft_accuracy_after_sampled": sft_summary.get("after/eval/accuracy_sampled"),
+        # The RL comparison: the same held-out prompts, seed and sampling (T = 1) before and after.
+        "accuracy_before": accuracy(start, "before", "sampled"),
+        "accuracy_after": accuracy(final, "after", "sampled"),
+        "accuracy_before_greedy": accuracy(start, "before", "greedy"),
+        "accuracy_after_greedy": accuracy(final, "after", "greedy"),
+        "sft_accuracy_before_greedy": accuracy(sft_summary, "before", "greedy"),
+        "sft_accuracy_after_greedy": accuracy(sft_summary, "after", "greedy"),
+        "sft_accuracy_after_sampled": accuracy(sft_summary, "after", "sampled"),
         "eval_samples": cfg.eval_samples,
         "sft_steps": cfg.sft_steps,
-        "sft_model": sft_summary["model_dir"],
-        "plots": [sft_summary["plot"]],
+        "rl_steps": cfg.rl_steps,
+        "model_dir": final["model_dir"],
+        "plots": plots,
         "seconds": round(time.time() - started, 1),
     }
     out_dir = Path(cfg.output_dir) / cfg.name
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
-    table = Table(title=f"held-out accuracy, a+b with 0 <= a, b <= {cfg.max_operand}")
+    table = Table(title=f"held-out accuracy, a+b with 0 <= a, b <= {cfg.max_operand} ({cfg.eval_samples} prompts)")
     table.add_column("stage")
     table.add_column("greedy", justify="right")
     table.add_column("sampled T=1", justify="right")
-    for stage, key in (("before SFT", "before"), ("after SFT", "after")):
-        greedy = summary[f"sft_accuracy_{key}_greedy"]
-        sampled = summary[f"sft_accuracy_{key}_sampled"]
-        table.add_row(stage, f"{greedy:.1%}", f"{sampled:.1%}")
+    for label, when, stage_summary in stages:
+        table.add_row(label, f"{accuracy(stage_summary, when, 'greedy'):.1%}",
+                      f"{accuracy(stage_summary, when, 'sampled'):.1%}")
     console.print(table)
-    console.print(f"run directory: {out_dir}   plot: {sft_summary['plot']}   "
+    console.print(f"run directory: {out_dir}   plots: {', '.join(plots)}   "
                   f"summary: {out_dir / 'summary.json'}   ({summary['seconds']} s)")
     return summary

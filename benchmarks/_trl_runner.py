@@ -1,0 +1,122 @@
+"""The TRL side of ``grpo_vs_trl.py``: one GRPOTrainer run in this process, timed step by step.
+
+Imported only by the benchmark's child process (TRL is a benchmark-only peer, never a
+dependency of the ``posttrain`` package). ``run_trl(spec)`` returns per-step wall times and the
+number of generated tokens per step; the caller adds the process's peak RSS.
+
+Batch arithmetic in TRL 1.16 (``GRPOConfig.__post_init__`` and ``GRPOTrainer._prepare_inputs``):
+
+* ``per_device_train_batch_size`` counts *completions* (sequences) per micro-batch, not prompts;
+* ``num_generations`` is the group size G (posttrain's ``rollout.samples_per_prompt``);
+* ``generation_batch_size`` defaults to ``per_device_train_batch_size × num_processes ×
+  steps_per_generation`` and ``steps_per_generation`` to ``gradient_accumulation_steps``, so one
+  generation round feeds exactly one optimizer step;
+* the sampler hands out ``generation_batch_size / num_generations`` distinct prompts per round.
+
+So posttrain's P prompts × G samples with ``micro_batch_size = P·G`` and ``updates_per_batch = 1``
+is ``per_device_train_batch_size = P·G``, ``gradient_accumulation_steps = 1``, ``num_generations
+= G``, ``num_iterations = 1`` (one process): P prompts, P·G completions, one optimizer step per
+generation. With ``num_iterations = 1`` and ``steps_per_generation = 1`` TRL skips the old-log-prob
+forward pass (the ratio is 1 by construction), as posttrain does with ``updates_per_batch = 1``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+
+def _reward_fn(counter: dict):
+    """``arithmetic_reward`` under TRL's reward signature; it also counts the generated tokens.
+
+    TRL passes ``completion_ids`` (token ids through the first EOS, EOS included: the same count
+    posttrain's engine reports) and every dataset column (here ``answer``) as keyword arguments.
+    """
+    from posttrain.envs.arithmetic import arithmetic_reward
+
+    def arithmetic(prompts: list, completions: list, answer: list, completion_ids: list, **_: Any) -> list[float]:
+        counter["tokens"].append(sum(len(ids) for ids in completion_ids))
+        return [arithmetic_reward(p, c, a) for p, c, a in zip(prompts, completions, answer)]
+
+    return arithmetic
+
+
+def _time_generate(model, seconds: list[float]) -> None:
+    """Wrap ``model.generate`` so each call's wall time is recorded (TRL calls it once per step;
+    on one CPU process ``unwrap_model_for_generation`` hands back this same object)."""
+    generate = model.generate
+
+    def timed(*args: Any, **kwargs: Any):
+        start = time.perf_counter()
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    model.generate = timed
+
+
+def _step_clock(times: list[float]):
+    """A TrainerCallback that stamps the wall clock at the end of every optimizer step."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            times.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter())
+
+    return StepClock()
+
+
+def run_trl(spec: dict) -> dict:
+    """Train ``spec["warmup"] + spec["steps"]`` GRPO steps with TRL; returns timings.
+
+    ``spec`` keys: model_dir, train_rows (list of {"prompt": messages, "answer": str}),
+    prompts_per_step, samples, max_new_tokens, lr, seed, out_dir.
+    Returns {"step_seconds", "step_tokens", "generate_seconds"}: one entry per step, warm-up included.
+    """
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    P, G = spec["prompts_per_step"], spec["samples"]
+    total_steps = spec["warmup"] + spec["steps"]
+    args = GRPOConfig(
+        output_dir=spec["out_dir"],
+        use_cpu=True, bf16=False, fp16=False, seed=spec["seed"],
+        # Batch mapping: see the module docstring.
+        per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_generations=G, num_iterations=1,
+        max_steps=total_steps, shuffle_dataset=False, dataloader_num_workers=0,
+        max_completion_length=spec["max_new_tokens"], temperature=1.0, top_p=1.0, top_k=0,
+        # posttrain's "grpo" preset with β = 0: group-normalised advantage, PPO clip 0.2,
+        # per-sequence token mean then batch mean (TRL's loss_type "grpo").
+        beta=0.0, epsilon=0.2, loss_type="grpo", scale_rewards="group", mask_truncated_completions=False,
+        # posttrain's optimiser: torch AdamW (0.9, 0.95), no weight decay, constant LR, clip 1.0.
+        optim="adamw_torch", learning_rate=spec["lr"], adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0,
+        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
+        disable_dropout=True,  # posttrain runs the policy in eval() mode
+        # Overheads posttrain does not have: no checkpoints, no trackers, no progress bar, no completion tables.
+        report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1, disable_tqdm=True,
+        log_completions=False,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
+    counter: dict = {"tokens": []}
+    times: list[float] = []
+    generate_seconds: list[float] = []
+    _time_generate(model, generate_seconds)
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=_reward_fn(counter), args=args,
+        train_dataset=Dataset.from_list(spec["train_rows"]), processing_class=tokenizer,
+        callbacks=[_step_clock(times)],
+    )
+    trainer.train()
+    seconds = [b - a for a, b in zip(times, times[1:])]
+    if len(seconds) != total_steps or len(counter["tokens"]) != total_steps:
+        raise RuntimeError(f"TRL ran {len(seconds)} steps and {len(counter['tokens'])} generation rounds; "
+                           f"expected {total_steps} of each (check the batch mapping)")
+    return {"step_seconds": seconds, "step_tokens": counter["tokens"], "generate_seconds": generate_seconds}

@@ -1,0 +1,260 @@
+"""posttrain's GRPO loop against TRL's GRPOTrainer: same model, prompts, reward and batch, one invocation.
+
+Run by hand (not a test; needs the ``bench`` extra, i.e. ``trl==1.16.0``)::
+
+    .venv/bin/python benchmarks/grpo_vs_trl.py [--sizes tiny,small] [--steps 5] [--warmup 1]
+        [--prompts-per-step 8] [--samples 8] [--tiny-new-tokens 8] [--small-new-tokens 64]
+        [--threads 2] [--lr 1e-5]
+
+For each model size the offline tiny model is built once (``build_tiny_model``) into a temp dir
+and both frameworks load it from there. Each framework then runs in its OWN child process (so
+peak RSS, read from ``getrusage(RUSAGE_SELF).ru_maxrss`` in the child, does not mix), with
+``--threads`` torch threads (and OMP/MKL threads), fp32 on CPU, and the same settings:
+
+* prompts: ``(warmup + steps) × prompts_per_step`` arithmetic problems as chat prompts (a
+  ``prompt`` message list and an ``answer`` column), one epoch, so both see the same prompt set;
+  posttrain walks them in a seeded permutation, TRL in file order (``shuffle_dataset=False``);
+* reward: ``posttrain.envs.arithmetic.arithmetic_reward`` (TRL gets it wrapped to its
+  ``(prompts, completions, **columns) -> list[float]`` signature);
+* GRPO: group-normalised advantages, PPO clip ε = 0.2, per-sequence token mean then batch mean
+  (posttrain ``algorithm.name=grpo``; TRL ``loss_type="grpo"``), no KL (β = 0, so neither side
+  builds a reference model), one optimizer step per rollout batch, AdamW (0.9, 0.95), constant LR,
+  gradient clip 1.0, temperature 1.0, no top-p / top-k;
+* batch: P prompts × G samples per step, all P·G sequences in one forward/backward
+  (posttrain ``micro_batch_size = P·G``; TRL ``per_device_train_batch_size = P·G`` completions,
+  ``gradient_accumulation_steps = 1``, ``num_generations = G`` — see ``_trl_runner.py`` for the
+  TRL 1.16 semantics).
+
+What one step is on each side (both timed end-of-step to end-of-step; the warm-up steps are dropped):
+
+* posttrain: pick P prompts → ``HFEngine.generate`` (P prompts × G, KV cache, finished rows
+  leave the batch) → score → advantages → forward (log-probs + entropy) and backward over P·G
+  sequences → clip, AdamW step → copy weights into the engine → append a line to metrics.jsonl.
+* TRL: dataloader yields the P prompts repeated G times → chat template + tokenise →
+  ``model.generate`` on P·G rows → decode → score → advantages → forward (log-probs + entropy)
+  and backward → clip, AdamW step → metrics kept in memory (report_to none, no checkpoints,
+  no progress bar, no completion logging).
+
+Outside the timed window posttrain also runs its start/end evaluation (cut here to one held-out
+prompt) and saves the final model; TRL saves nothing. Those count towards the child's wall time
+and peak RSS, not towards seconds per step.
+
+"gen s/step" is rough and not quite like for like: posttrain's rollout stage minus reward
+scoring (generation plus building the padded batch), TRL's ``model.generate`` call only.
+A freshly initialised model almost never emits EOS, so completions run to the token limit on
+both sides (generated tokens are counted through the first EOS, EOS included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One size's benchmark settings, shared verbatim by both frameworks."""
+
+    size: str
+    prompts_per_step: int
+    samples: int
+    max_new_tokens: int
+    steps: int
+    warmup: int
+    lr: float
+    threads: int
+    seed: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup + self.steps
+
+
+# ----------------------------------------------------------------------------- shared inputs
+
+
+def problems(settings: Settings) -> tuple[list[dict], list[dict]]:
+    """Training rows (one per prompt the run will use) and one held-out row for posttrain's eval."""
+    from posttrain.envs.arithmetic import ArithmeticTask
+
+    task = ArithmeticTask()
+    train = task.problems(settings.total_steps * settings.prompts_per_step, seed=settings.seed, split="train")
+    held_out = task.problems(1, seed=settings.seed, split="test")
+    return train, held_out
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+# ----------------------------------------------------------------------------- child processes
+
+
+def _child_posttrain(spec: dict) -> dict:
+    """One posttrain ``rl.train`` run; per-step times from metrics.jsonl's end-of-step stamps."""
+    from posttrain.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig
+    from posttrain.recipes import rl
+    from posttrain.recipes.rl_config import AlgorithmConfig, RLConfig, RolloutConfig
+
+    s = Settings(**spec["settings"])
+    cfg = RLConfig(
+        model=ModelConfig(name_or_path=spec["model_dir"], dtype="float32", device="cpu"),
+        data=DataConfig(train=spec["train_path"], eval=spec["eval_path"]),
+        optim=OptimConfig(lr=s.lr, weight_decay=0.0, betas=[0.9, 0.95], schedule="constant", warmup_steps=0,
+                          max_grad_norm=1.0),
+        run=RunConfig(output_dir=spec["out_dir"], name="posttrain", seed=s.seed, report_to=[], log_every=1,
+                      eval_every=0, save_every=10**9),
+        eval=EvalConfig(num_samples=1),
+        algorithm=AlgorithmConfig(name="grpo", kl_coef=0.0),
+        rollout=RolloutConfig(prompts_per_step=s.prompts_per_step, samples_per_prompt=s.samples,
+                              max_new_tokens=s.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0),
+        steps=s.total_steps, micro_batch_size=s.prompts_per_step * s.samples, updates_per_batch=1,
+    )
+    cfg.validate()
+    rl.train(cfg)
+    records = [json.loads(line) for line in (Path(spec["out_dir"]) / "posttrain" / "metrics.jsonl").open()]
+    start = next(r["time"] for r in records if r["step"] == 0)  # the step-0 evaluation, just before step 1
+    steps = [r for r in records if "reward/mean" in r]
+    if len(steps) != s.total_steps:
+        raise RuntimeError(f"posttrain logged {len(steps)} training steps, expected {s.total_steps}")
+    stamps = [start] + [r["time"] for r in steps]
+    tokens = [r["compute/rollout/tokens"] for r in steps]
+    gen = [r["compute/rollout/seconds"] - r.get("compute/scoring/seconds", 0.0) for r in steps]
+    return {
+        "step_seconds": [b - a for a, b in zip(stamps, stamps[1:])],
+        "step_tokens": [b - a for a, b in zip([0] + tokens, tokens)],
+        "generate_seconds": [b - a for a, b in zip([0.0] + gen, gen)],
+    }
+
+
+def _child_main(framework: str, spec_path: str, result_path: str) -> None:
+    import torch
+
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(spec["settings"]["threads"])
+    started = time.perf_counter()
+    if framework == "posttrain":
+        result = _child_posttrain(spec)
+    else:
+        from _trl_runner import run_trl
+
+        train_rows = [json.loads(line) for line in Path(spec["train_path"]).open()]
+        result = run_trl({**spec["settings"], "model_dir": spec["model_dir"], "train_rows": train_rows,
+                          "out_dir": spec["out_dir"]})
+    result["process_seconds"] = time.perf_counter() - started
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    result["torch_threads"] = torch.get_num_threads()
+    Path(result_path).write_text(json.dumps(result))
+
+
+def run_child(framework: str, settings: Settings, model_dir: Path, train_path: Path, eval_path: Path,
+              work: Path) -> dict:
+    """Run one framework in a fresh interpreter and return its timings (raises with its log on failure)."""
+    out_dir = work / f"{framework}-out"
+    spec = {"settings": asdict(settings), "model_dir": str(model_dir), "train_path": str(train_path),
+            "eval_path": str(eval_path), "out_dir": str(out_dir)}
+    spec_path = _write_jsonl(work / f"{framework}-spec.json", [spec])
+    result_path = work / f"{framework}-result.json"
+    env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads), "MKL_NUM_THREADS": str(settings.threads),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
+    proc = subprocess.run([sys.executable, __file__, "--child", framework, str(spec_path), str(result_path)],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not result_path.exists():
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        raise RuntimeError(f"{framework} run for size {settings.size!r} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(result_path.read_text())
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summarise(result: dict, warmup: int) -> dict:
+    """Median seconds per measured step, generated tokens/s over the measured steps, peak RSS."""
+    seconds = result["step_seconds"][warmup:]
+    tokens = result["step_tokens"][warmup:]
+    gen = result["generate_seconds"][warmup:]
+    return {
+        "s_per_step": statistics.median(seconds),
+        "tok_per_s": sum(tokens) / sum(seconds),
+        "gen_s_per_step": statistics.median(gen),
+        "tokens_per_step": sum(tokens) / len(tokens),
+        "peak_rss_mib": result["peak_rss_mib"],
+        "process_s": result["process_seconds"],
+        "threads": result["torch_threads"],
+    }
+
+
+def print_table(size: str, ours: dict, theirs: dict) -> None:
+    rows = [("s/step (median)", "s_per_step", "{:.3f}", False),
+            ("generated tok/s", "tok_per_s", "{:.0f}", True),
+            ("gen s/step (rough)", "gen_s_per_step", "{:.3f}", False),
+            ("tokens/step", "tokens_per_step", "{:.0f}", None),
+            ("peak RSS MiB", "peak_rss_mib", "{:.0f}", False),
+            ("process wall s", "process_s", "{:.1f}", False)]
+    print(f"\n[{size}]  {'':20s} {'posttrain':>10s} {'TRL':>10s} {'posttrain/TRL':>14s}")
+    for label, key, fmt, _higher_is_better in rows:
+        ratio = ours[key] / theirs[key] if theirs[key] else float("nan")
+        print(f"[{size}]  {label:20s} {fmt.format(ours[key]):>10s} {fmt.format(theirs[key]):>10s} {ratio:>13.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="tiny,small", help="comma-separated presets of build_tiny_model")
+    parser.add_argument("--steps", type=int, default=5, help="measured steps (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=1, help="steps run first and left out of the figures")
+    parser.add_argument("--prompts-per-step", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=8, help="samples per prompt (TRL num_generations)")
+    parser.add_argument("--tiny-new-tokens", type=int, default=8)
+    parser.add_argument("--small-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="torch / OMP threads in both child processes")
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 0 or args.prompts_per_step < 1 or args.samples < 2:
+        parser.error("need --steps >= 1, --warmup >= 0, --prompts-per-step >= 1 and --samples >= 2")
+
+    from posttrain.models.tiny import build_tiny_model
+
+    new_tokens = {"tiny": args.tiny_new_tokens, "small": args.small_new_tokens}
+    print(f"GRPO, posttrain vs TRL: {args.prompts_per_step} prompts x {args.samples} samples per step, "
+          f"{args.warmup} warm-up + {args.steps} measured steps, T=1, beta=0, fp32 CPU, {args.threads} threads")
+    for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
+        if size not in new_tokens:
+            parser.error(f"--sizes: unknown size {size!r}; choose from {sorted(new_tokens)}")
+        settings = Settings(size=size, prompts_per_step=args.prompts_per_step, samples=args.samples,
+                            max_new_tokens=new_tokens[size], steps=args.steps, warmup=args.warmup, lr=args.lr,
+                            threads=args.threads, seed=args.seed)
+        with tempfile.TemporaryDirectory(prefix=f"grpo-vs-trl-{size}-") as tmp:
+            work = Path(tmp)
+            model_dir = build_tiny_model(work / "model", preset=size)
+            train_rows, held_out = problems(settings)
+            train_path = _write_jsonl(work / "train.jsonl", train_rows)
+            eval_path = _write_jsonl(work / "eval.jsonl", held_out)
+            print(f"[{size}] max_new_tokens={settings.max_new_tokens}; running posttrain, then TRL ...", flush=True)
+            ours = summarise(run_child("posttrain", settings, model_dir, train_path, eval_path, work), args.warmup)
+            theirs = summarise(run_child("trl", settings, model_dir, train_path, eval_path, work), args.warmup)
+        print_table(size, ours, theirs)
+        if ours["tokens_per_step"] != theirs["tokens_per_step"]:
+            print(f"[{size}]  note: the two sides generated different token counts (EOS at different places)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        _child_main(sys.argv[2], sys.argv[3], sys.argv[4])
+    else:
+        main()
