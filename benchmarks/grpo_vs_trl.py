@@ -39,10 +39,13 @@ Outside the timed window posttrain also runs its start/end evaluation (cut here 
 prompt) and saves the final model; TRL saves nothing. Those count towards the child's wall time
 and peak RSS, not towards seconds per step.
 
-"gen s/step" is rough and not quite like for like: posttrain's rollout stage minus reward
-scoring (generation plus building the padded batch), TRL's ``model.generate`` call only.
+Figures: median and best seconds per measured step, generated tokens per second of step time
+(median over steps), peak RSS of the child, and the ratio posttrain / TRL. "gen s/step" and
+"gen-only tok/s" are rough and not quite like for like: posttrain's rollout stage minus reward
+scoring (generation plus building the padded batch) against TRL's ``model.generate`` call only.
 A freshly initialised model almost never emits EOS, so completions run to the token limit on
-both sides (generated tokens are counted through the first EOS, EOS included).
+both sides (generated tokens are counted through the first EOS, EOS included). The 1-minute load
+average printed with each side shows how busy the shared machine was.
 """
 
 from __future__ import annotations
@@ -157,7 +160,8 @@ def _child_main(framework: str, spec_path: str, result_path: str) -> None:
                           "out_dir": spec["out_dir"]})
     result["process_seconds"] = time.perf_counter() - started
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    result["torch_threads"] = torch.get_num_threads()
+    if torch.get_num_threads() != spec["settings"]["threads"]:
+        raise RuntimeError(f"{framework} changed torch's thread count to {torch.get_num_threads()}")
     Path(result_path).write_text(json.dumps(result))
 
 
@@ -167,7 +171,8 @@ def run_child(framework: str, settings: Settings, model_dir: Path, train_path: P
     out_dir = work / f"{framework}-out"
     spec = {"settings": asdict(settings), "model_dir": str(model_dir), "train_path": str(train_path),
             "eval_path": str(eval_path), "out_dir": str(out_dir)}
-    spec_path = _write_jsonl(work / f"{framework}-spec.json", [spec])
+    spec_path = work / f"{framework}-spec.json"
+    spec_path.write_text(json.dumps(spec))
     result_path = work / f"{framework}-result.json"
     env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads), "MKL_NUM_THREADS": str(settings.threads),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -177,39 +182,57 @@ def run_child(framework: str, settings: Settings, model_dir: Path, train_path: P
     if proc.returncode != 0 or not result_path.exists():
         tail = (proc.stdout + proc.stderr)[-4000:]
         raise RuntimeError(f"{framework} run for size {settings.size!r} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(result_path.read_text())
+    result = json.loads(result_path.read_text())
+    result["load"] = os.getloadavg()[0]  # how busy the shared machine was while this child ran
+    return result
 
 
 # ----------------------------------------------------------------------------- summary
 
 
 def summarise(result: dict, warmup: int) -> dict:
-    """Median seconds per measured step, generated tokens/s over the measured steps, peak RSS."""
+    """Figures over the measured steps (warm-up dropped). Medians and the best step, because other
+    processes share the cores and a single slow step would drag a mean."""
     seconds = result["step_seconds"][warmup:]
     tokens = result["step_tokens"][warmup:]
     gen = result["generate_seconds"][warmup:]
     return {
         "s_per_step": statistics.median(seconds),
-        "tok_per_s": sum(tokens) / sum(seconds),
+        "best_s_per_step": min(seconds),
+        "tok_per_s": statistics.median(t / s for t, s in zip(tokens, seconds)),
+        "gen_tok_per_s": statistics.median(t / g for t, g in zip(tokens, gen)),
         "gen_s_per_step": statistics.median(gen),
         "tokens_per_step": sum(tokens) / len(tokens),
         "peak_rss_mib": result["peak_rss_mib"],
         "process_s": result["process_seconds"],
-        "threads": result["torch_threads"],
+        "load": result["load"],
     }
 
 
+PER_STEP = """per step, posttrain: P prompts -> HFEngine.generate (P x G, KV cache, finished rows leave the batch)
+  -> reward -> group advantages -> fwd (log-probs + entropy) + bwd over P*G sequences -> clip, AdamW
+  -> weights into the engine -> a line in metrics.jsonl
+per step, TRL: P prompts x G rows -> chat template, tokenise -> model.generate -> decode -> reward
+  -> group advantages -> fwd (log-probs + entropy) + bwd over P*G sequences -> clip, AdamW
+  -> metrics in memory (report_to none, save_strategy no, no tqdm, no completion logging)"""
+
+ROWS = [("s/step, median", "s_per_step", "{:.3f}"),
+        ("s/step, best", "best_s_per_step", "{:.3f}"),
+        ("generated tok/s", "tok_per_s", "{:.0f}"),
+        ("gen s/step (rough)", "gen_s_per_step", "{:.3f}"),
+        ("gen-only tok/s (rough)", "gen_tok_per_s", "{:.0f}"),
+        ("tokens/step", "tokens_per_step", "{:.0f}"),
+        ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
+        ("process wall s", "process_s", "{:.1f}"),
+        ("1-min load avg (end)", "load", "{:.2f}")]
+
+
 def print_table(size: str, ours: dict, theirs: dict) -> None:
-    rows = [("s/step (median)", "s_per_step", "{:.3f}", False),
-            ("generated tok/s", "tok_per_s", "{:.0f}", True),
-            ("gen s/step (rough)", "gen_s_per_step", "{:.3f}", False),
-            ("tokens/step", "tokens_per_step", "{:.0f}", None),
-            ("peak RSS MiB", "peak_rss_mib", "{:.0f}", False),
-            ("process wall s", "process_s", "{:.1f}", False)]
-    print(f"\n[{size}]  {'':20s} {'posttrain':>10s} {'TRL':>10s} {'posttrain/TRL':>14s}")
-    for label, key, fmt, _higher_is_better in rows:
+    """One block per size: each figure for both sides and the ratio posttrain / TRL."""
+    print(f"\n[{size}]  {'':24s} {'posttrain':>10s} {'TRL':>10s} {'posttrain/TRL':>14s}")
+    for label, key, fmt in ROWS:
         ratio = ours[key] / theirs[key] if theirs[key] else float("nan")
-        print(f"[{size}]  {label:20s} {fmt.format(ours[key]):>10s} {fmt.format(theirs[key]):>10s} {ratio:>13.2f}x")
+        print(f"[{size}]  {label:24s} {fmt.format(ours[key]):>10s} {fmt.format(theirs[key]):>10s} {ratio:>13.2f}x")
 
 
 def main() -> None:
@@ -251,6 +274,7 @@ def main() -> None:
         print_table(size, ours, theirs)
         if ours["tokens_per_step"] != theirs["tokens_per_step"]:
             print(f"[{size}]  note: the two sides generated different token counts (EOS at different places)")
+    print("\n" + PER_STEP)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ BUILTIN_REWARDS = {
     "math": "posttrain.verifiers.math:math_reward",
     "code": "posttrain.verifiers.code:code_reward",
     "tag_format": "posttrain.verifiers.format:tag_format_reward",
+    "reasoning_gym": "posttrain.envs.reasoning_gym:reasoning_gym_reward",
 }
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import transformers
 
+from posttrain.checkpoint import load_checkpoint, save_checkpoint
 from posttrain.config import ModelConfig, OptimConfig
 from posttrain.models.loading import LoraSettings, load_causal_lm, load_tokenizer, resolve_device
 from posttrain.models.tiny import build_tiny_model
@@ -77,3 +78,27 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def resume_if_asked(run, *, model, optimizer, scheduler, ledger) -> tuple[int, dict]:
+    """Restore the run's checkpoint when it resumes: returns (start step, the run's first evaluation).
+
+    A fresh run gets (0, {}). The first evaluation travels in the checkpoint so a resumed run
+    can still report accuracy before and after.
+    """
+    if run.resume_checkpoint is None:
+        return 0, {}
+    state = load_checkpoint(run.resume_checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
+    ledger.load_state_dict(state["ledger"])
+    run.print(f"resumed from {run.resume_checkpoint} at step {state['step']}")
+    return int(state["step"]), state.get("first_eval", {})
+
+
+def checkpoint_if_due(run, run_cfg, step: int, total_steps: int, *, model, optimizer, scheduler, tokenizer,
+                      ledger, first_eval: dict) -> None:
+    """Save after `step` completed steps every `run.save_every` steps (the final model is saved apart)."""
+    if step % run_cfg.save_every or step >= total_steps:
+        return
+    save_checkpoint(run.dir, step, model=model, optimizer=optimizer, scheduler=scheduler, tokenizer=tokenizer,
+                    keep_last=run_cfg.keep_last,
+                    trainer_state={"step": step, "ledger": ledger.state_dict(), "first_eval": first_eval})

@@ -25,14 +25,15 @@ from posttrain.algorithms.registry import AdvantageInputs, get_advantage_estimat
 from posttrain.algorithms.advantages import group_stats, keep_mask_for_informative_groups
 from posttrain.algorithms.aggregation import aggregate
 from posttrain.algorithms.masked import masked_mean
-from posttrain.checkpoint import load_checkpoint, save_checkpoint
 from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.config import to_dict
 from posttrain.engines.base import SamplingParams
 from posttrain.engines.hf import HFEngine
 from posttrain.models.loading import save_model
 from posttrain.plots import plot_metrics
-from posttrain.recipes.common import build_optimizer, build_scheduler, load_model_and_tokenizer, set_seed
+from posttrain.recipes.common import (
+    build_optimizer, build_scheduler, checkpoint_if_due, load_model_and_tokenizer, resume_if_asked, set_seed,
+)
 from posttrain.recipes.prompt_data import PromptSet, load_prompt_sets
 from posttrain.recipes.rl_config import RLConfig
 from posttrain.recipes.rl_eval import evaluate_prompts
@@ -65,12 +66,9 @@ def train(cfg: RLConfig) -> dict:
         scheduler = build_scheduler(optimizer, cfg.optim, total_updates)
         ledger = ComputeLedger()
         n_params = matmul_params(model)
-        start_step, first_eval = 0, {}
-        if run.resume_checkpoint is not None:
-            state = load_checkpoint(run.resume_checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
-            start_step, first_eval = int(state["step"]), state.get("first_eval", {})
-            ledger.load_state_dict(state["ledger"])
-            engine.load_weights(model)
+        start_step, first_eval = resume_if_asked(run, model=model, optimizer=optimizer, scheduler=scheduler,
+                                                 ledger=ledger)
+        engine.load_weights(model)
 
         def evaluate(step: int) -> dict:
             with ledger.timed("eval"):
@@ -82,9 +80,8 @@ def train(cfg: RLConfig) -> dict:
             first_eval = evaluate(0)
         with run.progress(cfg.steps, initial=start_step, description=f"rl ({cfg.algorithm.name})") as bar:
             for step in range(start_step, cfg.steps):
-                with ledger.timed("rollout"):
-                    batch, rollout_metrics = collect_rollouts(engine, rewards, train_prompts, cfg, algo, step,
-                                                              tokenizer.pad_token_id, ledger, n_params)
+                batch, rollout_metrics = collect_rollouts(engine, rewards, train_prompts, cfg, algo, step,
+                                                          tokenizer.pad_token_id, ledger, n_params)
                 metrics = {**rollout_metrics}
                 if batch.size:
                     metrics.update(train_on_batch(model, reference, optimizer, scheduler, batch, cfg, algo, run,
@@ -96,11 +93,8 @@ def train(cfg: RLConfig) -> dict:
                 bar.advance(reward=f"{metrics['reward/mean']:.3f}")
                 if cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.steps:
                     evaluate(step + 1)
-                if (step + 1) % cfg.run.save_every == 0 and step + 1 < cfg.steps:
-                    save_checkpoint(run.dir, step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
-                                    tokenizer=tokenizer, keep_last=cfg.run.keep_last,
-                                    trainer_state={"step": step + 1, "ledger": ledger.state_dict(),
-                                                   "first_eval": first_eval})
+                checkpoint_if_due(run, cfg.run, step + 1, cfg.steps, model=model, optimizer=optimizer,
+                                  scheduler=scheduler, tokenizer=tokenizer, ledger=ledger, first_eval=first_eval)
 
         final_eval = evaluate(cfg.steps)
         engine.close()
@@ -139,7 +133,8 @@ def collect_rollouts(engine, rewards: RewardRunner, prompts: PromptSet, cfg: RLC
         prompt_ids = [prompts.prompt_ids[i] for i in indices]
         sampling = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                                   top_k=r.top_k, n=G, seed=cfg.run.seed * 100_003 + step * 101 + round_index)
-        groups = engine.generate(prompt_ids, sampling)
+        with ledger.timed("rollout"):
+            groups = engine.generate(prompt_ids, sampling)
         completions = [c for group in groups for c in group]
         flat_rows = [row for row in rows for _ in range(G)]
         flat_prompt_ids = [ids for ids in prompt_ids for _ in range(G)]

@@ -17,7 +17,6 @@ import time
 import torch
 
 from posttrain.algorithms.sft import sft_loss
-from posttrain.checkpoint import load_checkpoint, save_checkpoint
 from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require, to_dict
 from posttrain.data.collate import pad_batch
@@ -26,7 +25,8 @@ from posttrain.evaluation import evaluate_accuracy
 from posttrain.models.loading import save_model
 from posttrain.plots import plot_metrics
 from posttrain.recipes.common import (
-    build_optimizer, build_scheduler, load_model_and_tokenizer, model_device, set_seed,
+    build_optimizer, build_scheduler, checkpoint_if_due, load_model_and_tokenizer, model_device, resume_if_asked,
+    set_seed,
 )
 from posttrain.recipes.sft_data import SFTData, load_sft_data
 from posttrain.rewards import resolve_reward
@@ -90,15 +90,8 @@ def train(cfg: SFTConfig) -> dict:
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
         ledger = ComputeLedger()
         n_params = matmul_params(model)
-        start_step = 0
-        first_eval: dict = {}
-        checkpoint = run.resume_checkpoint
-        if checkpoint is not None:
-            state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
-            start_step = int(state["step"])
-            ledger.load_state_dict(state["ledger"])
-            first_eval = state.get("first_eval", {})
-            run.print(f"resumed from {checkpoint} at step {start_step}")
+        start_step, first_eval = resume_if_asked(run, model=model, optimizer=optimizer, scheduler=scheduler,
+                                                 ledger=ledger)
 
         def evaluate(step: int) -> dict:
             with ledger.timed("eval"):
@@ -124,11 +117,8 @@ def train(cfg: SFTConfig) -> dict:
                 if cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.steps:
                     evaluate(step + 1)
                     model.train()
-                if (step + 1) % cfg.run.save_every == 0 and step + 1 < cfg.steps:
-                    save_checkpoint(run.dir, step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
-                                    tokenizer=tokenizer, keep_last=cfg.run.keep_last,
-                                    trainer_state={"step": step + 1, "ledger": ledger.state_dict(),
-                                                   "first_eval": first_eval})
+                checkpoint_if_due(run, cfg.run, step + 1, cfg.steps, model=model, optimizer=optimizer,
+                                  scheduler=scheduler, tokenizer=tokenizer, ledger=ledger, first_eval=first_eval)
 
         final_eval = evaluate(cfg.steps)
         model_dir = save_model(model, tokenizer, run.model_dir)

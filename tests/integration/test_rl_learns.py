@@ -94,3 +94,34 @@ def test_failing_rewards_are_counted_and_training_goes_on(tmp_path, warm_model, 
     timed_out = sum(r["rewards/test_rl_learns:sleepy/timed_out"] for r in rows)
     assert raised > 0 and timed_out == 1, (raised, timed_out)
     assert summary["rl_steps"] == 2
+
+
+def test_killed_rl_run_resumes_to_the_same_rewards_and_losses(tmp_path, warm_model, monkeypatch):
+    from posttrain.run import Run
+
+    def run(name, extra=()):
+        cfg = load_config(rl.RLConfig, None, rl_overrides(tmp_path, warm_model, name) + [
+            "steps=4", "run.save_every=2", "run.log_every=1", "optim.lr=3e-4", "updates_per_batch=2",
+            "reward.functions=[test_rl_learns:odd_first_digit]", *extra])
+        return rl.train(cfg)
+
+    def losses(name):
+        return {r["step"]: (r["reward/mean"], r["train/loss"]) for r in rewards_by_step(tmp_path / name)}
+
+    run("straight")
+    original_log = Run.log
+
+    def log_then_die(self, step, metrics):
+        original_log(self, step, metrics)
+        if step == 3 and "reward/mean" in metrics:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(Run, "log", log_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run("killed")
+    monkeypatch.setattr(Run, "log", original_log)
+    run("killed", ["run.resume=true"])
+    expected, got = losses("straight"), losses("killed")
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step

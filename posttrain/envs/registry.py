@@ -1,0 +1,62 @@
+"""Built-in prompt sources for the RL recipe: ``data.train: builtin:<name>``.
+
+- ``builtin:arithmetic``: `ArithmeticTask`; options are its fields (min_operand, max_operand,
+  ops, num_terms, template). Train / test are split by a hash of the expression.
+- ``builtin:reasoning_gym/<task>``: a reasoning-gym family, e.g. ``builtin:reasoning_gym/basic_arithmetic``;
+  options go to the task's config, plus ``test_percent`` (share of questions reserved for test,
+  default 50). Train / test use different seeds and a hash split of the question, so they are disjoint.
+
+Rows are ``{"prompt": [messages], "answer": ..., <other columns>}`` like any prompt file's rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from posttrain.envs.arithmetic import ArithmeticTask
+
+__all__ = ["BUILTIN_PREFIX", "builtin_prompt_rows", "is_builtin_source"]
+
+BUILTIN_PREFIX = "builtin:"
+_REASONING_GYM = "reasoning_gym/"
+
+
+def is_builtin_source(source: str) -> bool:
+    """True for ``builtin:...`` data sources (as opposed to files or hub names)."""
+    return isinstance(source, str) and source.startswith(BUILTIN_PREFIX)
+
+
+def builtin_prompt_rows(source: str, n: int, seed: int, split: str, options: dict[str, Any] | None = None
+                        ) -> list[dict[str, Any]]:
+    """`n` prompt rows of `split` ("train" or "test") from a built-in source, deterministic for `seed`."""
+    if split not in ("train", "test"):
+        raise ValueError(f"{source}: split must be 'train' or 'test', got {split!r}")
+    options = dict(options or {})
+    name = source[len(BUILTIN_PREFIX):] if is_builtin_source(source) else ""
+    if name == "arithmetic":
+        return _arithmetic_task(source, options).problems(n, seed=seed, split=split)  # type: ignore[arg-type]
+    if name.startswith(_REASONING_GYM) and len(name) > len(_REASONING_GYM):
+        from posttrain.envs.reasoning_gym import reasoning_gym_split_rows  # lazy: optional dependency
+
+        task = name[len(_REASONING_GYM):]
+        test_percent = options.pop("test_percent", 50)
+        try:
+            return reasoning_gym_split_rows(task, n, seed, split, test_percent=test_percent, **options)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from exc
+    raise ValueError(f"unknown built-in data source {source!r}; available: 'builtin:arithmetic', "
+                     "'builtin:reasoning_gym/<task>' (e.g. builtin:reasoning_gym/basic_arithmetic)")
+
+
+def _arithmetic_task(source: str, options: dict[str, Any]) -> ArithmeticTask:
+    fields = {f.name for f in dataclasses.fields(ArithmeticTask)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"{source}: unknown options {unknown}; valid options: {sorted(fields)}")
+    if "ops" in options:  # YAML gives a list; the frozen dataclass wants a hashable tuple
+        options["ops"] = tuple(options["ops"])
+    try:
+        return ArithmeticTask(**options)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from exc
