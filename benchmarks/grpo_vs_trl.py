@@ -244,7 +244,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="samples per prompt (TRL num_generations)")
     parser.add_argument("--tiny-new-tokens", type=int, default=8)
     parser.add_argument("--small-new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2, help="torch / OMP threads in both child processes")
+    parser.add_argument("--threads", type=int, default=2, help="torch / OMP threads in both child processes (on a busy 2-core machine 1 is far "
+                             "steadier: see benchmarks/README.md)")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -273,7 +274,8 @@ def main() -> None:
             theirs = summarise(run_child("trl", settings, model_dir, train_path, eval_path, work), args.warmup)
         print_table(size, ours, theirs)
         if ours["tokens_per_step"] != theirs["tokens_per_step"]:
-            print(f"[{size}]  note: the two sides generated different token counts (EOS at different places)")
+            print(f"[{size}]  note: token counts differ slightly: the sides sample with different random streams, "
+                  f"so EOS falls in different places")
     print("\n" + PER_STEP)
 
 
