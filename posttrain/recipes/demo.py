@@ -30,7 +30,9 @@ class DemoConfig:
     name: str = "demo"
     model: str = "tiny"
     seed: int = 0
-    sft_steps: int = 1200
+    # A deliberately weak warm start (measured: 400 steps ~13 % greedy, 800 steps ~99 %), so the
+    # RL stage has room to show what it adds.
+    sft_steps: int = 400
     sft_lr: float = 3e-3
     sequences_per_step: int = 32
     eval_samples: int = 200
@@ -96,7 +98,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.rl_steps > 0:
         console.rule(f"[bold]posttrain demo 2/2: RL ({cfg.rl_algorithm}) with the verifiable arithmetic reward")
         rl_summary = rl.train(rl_config(cfg, sft_summary["model_dir"]))
-        stages.append(("after GRPO", "after", rl_summary))
+        stages.append((f"after {cfg.rl_algorithm.upper()}", "after", rl_summary))
         plots.append(rl_summary["plot"])
 
     def accuracy(summary: dict, when: str, how: str) -> float | None:
