@@ -64,11 +64,14 @@ def step_indices(step: int, *, per_step: int, num_examples: int, seed: int) -> l
 
     A pure function of the step, so resuming needs no sampler state beyond the step number.
     """
+    permutations: dict[int, list[int]] = {}  # a step spans at most a few epochs: one permutation each
     indices = []
     for position in range(step * per_step, (step + 1) * per_step):
         epoch, offset = divmod(position, num_examples)
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        indices.append(int(torch.randperm(num_examples, generator=generator)[offset]))
+        if epoch not in permutations:
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            permutations[epoch] = torch.randperm(num_examples, generator=generator).tolist()
+        indices.append(permutations[epoch][offset])
     return indices
 
 
