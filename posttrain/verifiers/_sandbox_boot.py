@@ -85,6 +85,9 @@ def _private_filesystem(needed: list[str], tmpfs_bytes: int) -> None:
     mounted: list[str] = []
     try:
         for target, mode in sorted(covered, key=lambda c: len(c[0])):
+            # A blocked directory inside one already covered (a 0700 checkout under /tmp) is gone
+            # from the fresh tmpfs: recreate the mount point before covering it.
+            os.makedirs(target, exist_ok=True)
             _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmpfs_bytes},mode={mode}")
             mounted.append(target)
         for path in sorted(needed, key=len):
