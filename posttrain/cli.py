@@ -19,6 +19,10 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
     "sft": ("posttrain.recipes.sft", "SFTConfig", "train", "supervised fine-tuning on chat or completion data"),
     "rl": ("posttrain.recipes.rl", "RLConfig", "train",
            "RL with verifiable rewards: grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo"),
+    "dpo": ("posttrain.recipes.dpo", "DPOConfig", "train",
+            "preference alignment without a reward model: dpo, ipo, cdpo, simpo, orpo, kto"),
+    "reward-model": ("posttrain.recipes.reward_model", "RewardModelConfig", "train",
+                     "Bradley-Terry reward model: a scalar head on a causal LM, trained on preference pairs"),
     "demo": ("posttrain.recipes.demo", "DemoConfig", "run_demo",
              "the end-to-end demo on the built-in tiny model and arithmetic task"),
 }
@@ -82,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("out", type=Path)
     data.add_argument("--n", type=int, default=1000)
     data.add_argument("--split", default="train", choices=["train", "test"])
-    data.add_argument("--shape", default="sft", choices=["sft", "prompts"],
-                      help="sft: chat messages with the answer; prompts: prompt + answer columns (RL/eval)")
+    data.add_argument("--shape", default="sft", choices=["sft", "prompts", "preference"],
+                      help="sft: chat messages with the answer; prompts: prompt + answer columns (RL/eval); "
+                           "preference: prompt, chosen (correct) and rejected (near-miss) answers")
     data.add_argument("--max-operand", type=int, default=99)
     data.add_argument("--seed", type=int, default=0)
     return parser
@@ -115,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if ns.command == "make-data":
             from posttrain.data.jsonl import write_jsonl
-            from posttrain.envs.arithmetic import ArithmeticTask, sft_rows
+            from posttrain.envs.arithmetic import ArithmeticTask, preference_rows, sft_rows
 
             problems = ArithmeticTask(max_operand=ns.max_operand).problems(ns.n, seed=ns.seed, split=ns.split)
-            rows = sft_rows(problems) if ns.shape == "sft" else problems
+            shaped = {"sft": lambda: sft_rows(problems), "prompts": lambda: problems,
+                      "preference": lambda: preference_rows(problems, seed=ns.seed)}
+            rows = shaped[ns.shape]()
             write_jsonl(rows, ns.out)
             print(f"wrote {len(rows)} {ns.shape} rows to {ns.out}")
             return 0

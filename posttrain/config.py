@@ -77,6 +77,8 @@ class DataConfig:
     prompt_field: str = "prompt"
     completion_field: str = "completion"
     messages_field: str = "messages"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
     answer_field: str = "answer"
     arithmetic: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
 

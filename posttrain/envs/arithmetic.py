@@ -157,6 +157,36 @@ def sft_rows(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"messages": list(p["prompt"]) + [{"role": "assistant", "content": str(p["answer"])}]} for p in problems]
 
 
+def near_miss(answer: int, rng: random.Random) -> int:
+    """A plausible wrong answer: off by a small amount, by ten, or with one digit changed."""
+    kind = rng.choice(("small", "ten", "digit"))
+    if kind == "small":
+        return answer + rng.choice((-3, -2, -1, 1, 2, 3))
+    if kind == "ten":
+        return answer + rng.choice((-10, 10))
+    digits = list(str(abs(answer)))
+    position = rng.randrange(len(digits))
+    choices = [d for d in "0123456789" if d != digits[position] and not (position == 0 and d == "0" and len(digits) > 1)]
+    digits[position] = rng.choice(choices)
+    value = int("".join(digits))
+    return -value if answer < 0 else value
+
+
+def preference_rows(problems: list[dict[str, Any]], *, seed: int) -> list[dict[str, Any]]:
+    """Problems as preference pairs: the correct answer is chosen, a near miss (`near_miss`) rejected.
+
+    Rows look like ``{"prompt": [...], "chosen": "46", "rejected": "45", "answer": "46"}``;
+    deterministic for (problems, seed).
+    """
+    rng = random.Random(f"{seed}/preference")
+    rows = []
+    for problem in problems:
+        answer = int(problem["answer"])
+        rows.append({"prompt": list(problem["prompt"]), "chosen": str(answer),
+                     "rejected": str(near_miss(answer, rng)), "answer": str(answer)})
+    return rows
+
+
 def extract_integer(text: str) -> int | None:
     """The first number in `text` if it is an integer (leading minus allowed), else None.
 
