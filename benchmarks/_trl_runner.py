@@ -99,6 +99,8 @@ def run_trl(spec: dict) -> dict:
         optim="adamw_torch", learning_rate=spec["lr"], adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0,
         lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
         disable_dropout=True,  # posttrain runs the policy in eval() mode
+        # GRPOConfig's own default (True) unless the benchmark asks otherwise: less memory, an extra forward.
+        gradient_checkpointing=spec.get("trl_gradient_checkpointing", True),
         # Overheads posttrain does not have: no checkpoints, no trackers, no progress bar, no completion tables.
         report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1, disable_tqdm=True,
         log_completions=False,

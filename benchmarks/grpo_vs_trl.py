@@ -80,6 +80,10 @@ class Settings:
     lr: float
     threads: int
     seed: int = 0
+    # posttrain: sequences per forward/backward (gradient accumulation, exact token normalisation);
+    # 0 = all P·G at once. TRL: gradient checkpointing, which GRPOConfig turns on by default.
+    micro_batch: int = 0
+    trl_gradient_checkpointing: bool = True
 
     @property
     def total_steps(self) -> int:
@@ -125,7 +129,7 @@ def _child_posttrain(spec: dict) -> dict:
         algorithm=AlgorithmConfig(name="grpo", kl_coef=0.0),
         rollout=RolloutConfig(prompts_per_step=s.prompts_per_step, samples_per_prompt=s.samples,
                               max_new_tokens=s.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0),
-        steps=s.total_steps, micro_batch_size=s.prompts_per_step * s.samples, updates_per_batch=1,
+        steps=s.total_steps, micro_batch_size=s.micro_batch or s.prompts_per_step * s.samples, updates_per_batch=1,
     )
     cfg.validate()
     rl.train(cfg)
@@ -248,6 +252,11 @@ def main() -> None:
                              "steadier: see benchmarks/README.md)")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--micro-batch", type=int, default=0,
+                        help="posttrain sequences per forward/backward (0 = all P x G at once); smaller "
+                             "cuts activation memory at the same math (exact gradient accumulation)")
+    parser.add_argument("--trl-no-gradient-checkpointing", action="store_true",
+                        help="turn off TRL's gradient checkpointing (GRPOConfig's default is on)")
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.prompts_per_step < 1 or args.samples < 2:
         parser.error("need --steps >= 1, --warmup >= 0, --prompts-per-step >= 1 and --samples >= 2")
@@ -256,13 +265,16 @@ def main() -> None:
 
     new_tokens = {"tiny": args.tiny_new_tokens, "small": args.small_new_tokens}
     print(f"GRPO, posttrain vs TRL: {args.prompts_per_step} prompts x {args.samples} samples per step, "
-          f"{args.warmup} warm-up + {args.steps} measured steps, T=1, beta=0, fp32 CPU, {args.threads} threads")
+          f"{args.warmup} warm-up + {args.steps} measured steps, T=1, beta=0, fp32 CPU, {args.threads} threads; "
+          f"posttrain micro-batch {args.micro_batch or 'P x G'}, TRL gradient checkpointing "
+          f"{'off' if args.trl_no_gradient_checkpointing else 'on (its default)'}")
     for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
         if size not in new_tokens:
             parser.error(f"--sizes: unknown size {size!r}; choose from {sorted(new_tokens)}")
         settings = Settings(size=size, prompts_per_step=args.prompts_per_step, samples=args.samples,
                             max_new_tokens=new_tokens[size], steps=args.steps, warmup=args.warmup, lr=args.lr,
-                            threads=args.threads, seed=args.seed)
+                            threads=args.threads, seed=args.seed, micro_batch=args.micro_batch,
+                            trl_gradient_checkpointing=not args.trl_no_gradient_checkpointing)
         with tempfile.TemporaryDirectory(prefix=f"grpo-vs-trl-{size}-") as tmp:
             work = Path(tmp)
             model_dir = build_tiny_model(work / "model", preset=size)

@@ -57,12 +57,27 @@ class ArithmeticConfig:
     num_terms: int = 2
     num_train: int = 8000
     num_eval: int = 200
+    # SFT only: the fraction of training answers replaced by near misses (noisy demonstrations).
+    label_noise: float = 0.0
+
+
+@dataclasses.dataclass
+class ReasoningGymConfig:
+    """Prompts from a reasoning-gym family (`data.train: builtin:reasoning_gym/<task>`, e.g.
+    `builtin:reasoning_gym/basic_arithmetic`); pair with `reward: {functions: [reasoning_gym]}`."""
+
+    num_train: int = 2000
+    num_eval: int = 200
+    # The share of distinct questions (by hash) reserved for the held-out split.
+    test_percent: int = 50
+    # Passed to the task's own config, e.g. {min_terms: 2, max_terms: 3, max_digits: 2}.
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
 class DataConfig:
     # A .jsonl / .json / .parquet file, a `datasets.save_to_disk` directory, a dataset name that
-    # `datasets.load_dataset` finds locally, or `builtin:arithmetic`.
+    # `datasets.load_dataset` finds locally, `builtin:arithmetic` or `builtin:reasoning_gym/<task>`.
     train: str = "builtin:arithmetic"
     eval: Union[str, None] = None
     # When `eval` is not given, hold out this fraction of the training rows (0 = no evaluation split).
@@ -81,6 +96,7 @@ class DataConfig:
     rejected_field: str = "rejected"
     answer_field: str = "answer"
     arithmetic: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
+    reasoning_gym: ReasoningGymConfig = dataclasses.field(default_factory=ReasoningGymConfig)
 
 
 @dataclasses.dataclass
@@ -240,6 +256,12 @@ def _coerce(annotation: Any, value: Any, *, key: str, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
         return [_coerce(item_type, item, key=f"{key}[{i}]", where=where) for i, item in enumerate(value)]
+
+    if origin is dict:
+        _, value_type = args or (str, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(value_type, v, key=f"{key}.{k}", where=where) for k, v in value.items()}
 
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, dict):

@@ -152,9 +152,24 @@ def _split_pool(task: ArithmeticTask, split: str) -> list[tuple]:
     ]
 
 
-def sft_rows(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Problems as SFT rows: ``{"messages": [user prompt..., {"role": "assistant", "content": answer}]}``."""
-    return [{"messages": list(p["prompt"]) + [{"role": "assistant", "content": str(p["answer"])}]} for p in problems]
+def sft_rows(problems: list[dict[str, Any]], *, label_noise: float = 0.0, seed: int = 0) -> list[dict[str, Any]]:
+    """Problems as SFT rows: ``{"messages": [user prompt..., {"role": "assistant", "content": answer}]}``.
+
+    `label_noise` replaces that fraction of the answers (a seeded choice) by a near miss
+    (`near_miss`): imperfect demonstrations, like human or model-written SFT data. A model
+    imitating them puts probability on wrong answers, which RL against the exact verifier
+    can take away (the demo shows this).
+    """
+    if not 0.0 <= label_noise < 1.0:
+        raise ValueError(f"label_noise must be in [0, 1), got {label_noise}")
+    rng = random.Random(f"{seed}/label-noise")
+    rows = []
+    for problem in problems:
+        answer = int(problem["answer"])
+        if label_noise and rng.random() < label_noise:
+            answer = near_miss(answer, rng)
+        rows.append({"messages": list(problem["prompt"]) + [{"role": "assistant", "content": str(answer)}]})
+    return rows
 
 
 def near_miss(answer: int, rng: random.Random) -> int:

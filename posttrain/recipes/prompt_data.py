@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from posttrain.config import DataConfig
 from posttrain.data.examples import LoadedExamples, load_examples
 from posttrain.data.tokenize import tokenize_prompt
+from posttrain.envs.registry import builtin_prompt_rows, is_builtin_source
 from posttrain.recipes.sft_data import BUILTIN_ARITHMETIC, arithmetic_task
 
 
@@ -30,6 +31,11 @@ def load_prompt_sets(cfg: DataConfig, tokenizer, *, seed: int, console=None) -> 
         task = arithmetic_task(cfg)
         train_rows = task.problems(cfg.arithmetic.num_train, seed=seed, split="train")
         eval_rows = task.problems(cfg.arithmetic.num_eval, seed=seed, split="test")
+    elif is_builtin_source(cfg.train):
+        gym = cfg.reasoning_gym
+        options = {**gym.options, "test_percent": gym.test_percent}
+        train_rows = builtin_prompt_rows(cfg.train, gym.num_train, seed, "train", options)
+        eval_rows = builtin_prompt_rows(cfg.train, gym.num_eval, seed, "test", options)
     else:
         loaded = load_examples(cfg.train, "prompt", on_bad_row=cfg.on_bad_row, split=cfg.split, limit=cfg.limit,
                                prompt_field=cfg.prompt_field)

@@ -7,6 +7,7 @@ response mask on that axis is `response_mask[:, 1:]` (DESIGN.md: "shift logits b
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -67,14 +68,51 @@ def build_batch(prompt_ids: list[list[int]], completions: list[Completion], rewa
 
 def forward_logprobs(model, batch: RolloutBatch, index: slice | torch.Tensor, temperature: float,
                      *, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (rows, L-1) of the batch's tokens at the sampling temperature (grad flows if enabled)."""
+    """Log-probs (rows, L-1) of the batch's tokens at the sampling temperature (grad flows if enabled);
+    with `with_entropy`, also the entropy of each predicting distribution (no grad).
+
+    Only positions from the rows' earliest response token onwards go through the LM head
+    (`logits_to_keep`): the prompt's logits are never used, and for long prompts or large
+    vocabularies they are most of the (rows, L, V) logits tensor. Columns before that are 0
+    (they are masked out everywhere).
+    """
     input_ids = batch.input_ids[index]
     attention = batch.attention_mask[index]
     device = next(model.parameters()).device
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-    logp = token_logprobs(logits, input_ids.to(device), temperature)
-    entropy = entropy_from_logits(logits.detach(), temperature) if with_entropy else None
+    first = _first_response_position(batch.mask[index])
+    kwargs = {"logits_to_keep": input_ids.shape[1] - first} if first and _accepts_logits_to_keep(model) else {}
+    if not kwargs:
+        first = 0
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs).logits
+    kept_ids = input_ids[:, first:].to(device)
+    logp = torch.nn.functional.pad(token_logprobs(logits, kept_ids, temperature), (first, 0))
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():  # in row chunks: softmax makes another logits-sized tensor
+            chunks = [entropy_from_logits(part, temperature) for part in logits.detach().split(_ENTROPY_ROWS)]
+        entropy = torch.nn.functional.pad(torch.cat(chunks), (first, 0))
     return logp, entropy
+
+
+_ENTROPY_ROWS = 8
+
+
+def _first_response_position(mask: torch.Tensor) -> int:
+    """The earliest column of the shifted axis that predicts a response token (0 if none)."""
+    columns = torch.nonzero(mask.sum(0)).flatten()
+    return int(columns[0]) if columns.numel() else 0
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    """True when the (base) model's forward takes `logits_to_keep` (Llama, Qwen2, Mistral, ... in
+    transformers >= 4.50); others get full logits."""
+    base = getattr(model, "peft_model", model)  # rl._AdapterDisabled wraps a peft model
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    cached = getattr(base, "_posttrain_logits_to_keep", None)
+    if cached is None:
+        cached = "logits_to_keep" in inspect.signature(base.forward).parameters
+        base._posttrain_logits_to_keep = cached
+    return cached
 
 
 @torch.no_grad()

@@ -43,7 +43,8 @@ def load_sft_data(cfg: DataConfig, tokenizer, *, eval_cfg: EvalConfig, seed: int
         task = arithmetic_task(cfg)
         train_problems = task.problems(cfg.arithmetic.num_train, seed=seed, split="train")
         eval_problems = task.problems(cfg.arithmetic.num_eval, seed=seed, split="test")
-        train = collect(_records(BUILTIN_ARITHMETIC, sft_rows(train_problems)), lambda r: parse_sft(r, **fields))
+        noisy_rows = sft_rows(train_problems, label_noise=cfg.arithmetic.label_noise, seed=seed)
+        train = collect(_records(BUILTIN_ARITHMETIC, noisy_rows), lambda r: parse_sft(r, **fields))
         held_out = collect(_records(BUILTIN_ARITHMETIC + "/test", sft_rows(eval_problems)),
                            lambda r: parse_sft(r, **fields))
         prompt_rows = eval_problems

@@ -1,5 +1,7 @@
 """The arithmetic demo task: splits, determinism, answers and the reward."""
 
+import random
+
 import pytest
 
 from posttrain.envs.arithmetic import (
@@ -7,6 +9,8 @@ from posttrain.envs.arithmetic import (
     arithmetic_reward,
     evaluate,
     extract_integer,
+    near_miss,
+    preference_rows,
     sft_rows,
     split_of,
 )
@@ -117,3 +121,35 @@ def test_extract_integer(text, value):
 ])
 def test_reward_table(completion, answer, reward):
     assert arithmetic_reward([{"role": "user", "content": "x"}], completion, answer, extra_column="ignored") == reward
+
+
+def test_label_noise_replaces_that_share_of_answers_with_near_misses():
+    problems = ArithmeticTask(max_operand=49).problems(2000, seed=0)
+    clean = sft_rows(problems)
+    noisy = sft_rows(problems, label_noise=0.3, seed=0)
+    assert noisy == sft_rows(problems, label_noise=0.3, seed=0)  # seeded
+    answers = [int(p["answer"]) for p in problems]
+    given = [int(row["messages"][-1]["content"]) for row in noisy]
+    wrong = [(a, g) for a, g in zip(answers, given) if a != g]
+    assert 0.26 < len(wrong) / len(problems) < 0.34
+    assert [row["messages"][:-1] for row in noisy] == [row["messages"][:-1] for row in clean]
+    with pytest.raises(ValueError, match="label_noise"):
+        sft_rows(problems, label_noise=1.0)
+
+
+def test_near_miss_is_always_wrong_and_close():
+    rng = random.Random(0)
+    for answer in [0, 7, 10, 46, 98, 150, -12]:
+        for _ in range(50):
+            miss = near_miss(answer, rng)
+            assert miss != answer
+            assert abs(miss - answer) <= 10 or len(str(abs(miss))) == len(str(abs(answer)))
+
+
+def test_preference_rows_prefer_the_correct_answer():
+    problems = ArithmeticTask(max_operand=9).problems(20, seed=1)
+    rows = preference_rows(problems, seed=1)
+    assert rows == preference_rows(problems, seed=1)
+    for problem, row in zip(problems, rows):
+        assert row["prompt"] == problem["prompt"] and row["chosen"] == problem["answer"]
+        assert row["rejected"] != row["chosen"] and arithmetic_reward(None, row["rejected"], row["answer"]) == 0.0

@@ -60,3 +60,24 @@ def test_concat_pads_batches_of_different_widths():
     both = _concat([a, b])
     assert both.input_ids.tolist() == [[1, 2, 3, 4], [1, 2, 0, 0]]
     assert both.mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_forward_logprobs_on_response_positions_matches_the_full_logits():
+    from posttrain.algorithms.entropy import entropy_from_logits
+    from posttrain.algorithms.logprobs import token_logprobs
+    from posttrain.recipes.common import load_model_and_tokenizer, set_seed
+    from posttrain.config import ModelConfig
+    from posttrain.recipes.rollouts import forward_logprobs
+
+    set_seed(0)
+    model, _ = load_model_and_tokenizer(ModelConfig(device="cpu"))
+    model.eval()
+    # Prompts of 5 and 3 tokens: the LM head runs from shifted column 2 (the shorter prompt's last token).
+    batch = build_batch([[11, 12, 13, 14, 15], [21, 22, 23]],
+                        [completion([31, 32]), completion([41, 42, 43, 44])], [1.0, 0.0], pad_id=0)
+    logp, entropy = forward_logprobs(model, batch, slice(0, 2), temperature=0.7, with_entropy=True)
+    full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    mask = batch.mask > 0
+    assert_close(logp[mask], token_logprobs(full, batch.input_ids, 0.7)[mask])
+    assert_close(entropy[mask], entropy_from_logits(full, 0.7)[mask])
+    assert logp[:, :2].abs().sum() == 0  # prompt-only columns are never computed
