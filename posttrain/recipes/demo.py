@@ -1,8 +1,8 @@
 """The demo: everything posttrain needs, on the built-in tiny model, in a few CPU minutes.
 
 1. build the offline tiny Qwen2-style model and its locally trained tokenizer;
-2. SFT it on generated addition problems (chat format, loss on the answer only) — a warm start
-   that leaves room for RL;
+2. SFT it on generated addition problems (chat format, loss on the answer only) whose answers
+   are 30 % near misses — imperfect demonstrations, a warm start that leaves room for RL;
 3. RL from the GRPO family (DAPO by default) with the verifiable arithmetic reward
    (`rl_steps: 0` skips it);
 4. report held-out accuracy after each stage, greedy and sampled at T = 1 (the same prompts,
@@ -30,16 +30,19 @@ class DemoConfig:
     name: str = "demo"
     model: str = "tiny"
     seed: int = 0
-    # A deliberately weak warm start (measured: 400 steps ~13 % greedy, 800 steps ~99 %), so the
-    # RL stage has room to show what it adds.
-    sft_steps: int = 400
+    # The warm start imitates imperfect demonstrations: `sft_label_noise` of the training answers
+    # are near misses (off by a little, or one digit wrong). The model learns addition but keeps
+    # probability on such answers, so greedy decoding is right far more often than sampling at
+    # T = 1; RL against the exact verifier takes that probability away. Measured on 2 cores:
+    # 800 steps at 0.3 noise -> 42 % greedy, 21.5 % sampled; without noise SFT reaches ~99 %.
+    sft_steps: int = 800
     sft_lr: float = 3e-3
+    sft_label_noise: float = 0.3
     sequences_per_step: int = 32
     eval_samples: int = 200
     max_operand: int = 49
-    rl_steps: int = 300
-    rl_lr: float = 1e-4
-    # DAPO measured best of grpo / dapo here (dynamic sampling keeps only groups that teach something).
+    rl_steps: int = 400
+    rl_lr: float = 2e-4
     rl_algorithm: str = "dapo"
     prompts_per_step: int = 16
     samples_per_prompt: int = 8
@@ -56,7 +59,7 @@ def sft_config(cfg: DemoConfig) -> sft.SFTConfig:
         model=ModelConfig(name_or_path=cfg.model, device="cpu"),
         data=DataConfig(train="builtin:arithmetic", max_length=64,
                         arithmetic=ArithmeticConfig(max_operand=cfg.max_operand, num_eval=cfg.eval_samples,
-                                                    num_train=2000)),
+                                                    num_train=2000, label_noise=cfg.sft_label_noise)),
         optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=min(20, cfg.sft_steps // 10), schedule="cosine"),
         run=RunConfig(output_dir=str(Path(cfg.output_dir) / cfg.name), name="sft", seed=cfg.seed,
                       overwrite=cfg.overwrite and not cfg.resume, resume=cfg.resume,
@@ -75,7 +78,7 @@ def rl_config(cfg: DemoConfig, sft_model: str) -> RLConfig:
         model=ModelConfig(name_or_path=sft_model, device="cpu"),
         data=base.data,
         optim=OptimConfig(lr=cfg.rl_lr, schedule="constant"),
-        run=RunConfig(output_dir=base.run.output_dir, name="grpo", seed=cfg.seed, overwrite=base.run.overwrite,
+        run=RunConfig(output_dir=base.run.output_dir, name=cfg.rl_algorithm, seed=cfg.seed, overwrite=base.run.overwrite,
                       resume=cfg.resume, save_every=max(cfg.rl_steps // 3, 1),
                       eval_every=max(cfg.rl_steps // 6, 1), log_every=5),
         eval=EvalConfig(reward="arithmetic", num_samples=cfg.eval_samples),
@@ -98,6 +101,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.rl_steps > 0:
         console.rule(f"[bold]posttrain demo 2/2: RL ({cfg.rl_algorithm}) with the verifiable arithmetic reward")
         rl_summary = rl.train(rl_config(cfg, sft_summary["model_dir"]))
+        # The SFT model as the RL run evaluated it before its first step: the same prompts, seed and
+        # sampling settings as its "after" row, so the two rows compare like with like.
+        stages[1] = ("after SFT", "before", rl_summary)
         stages.append((f"after {cfg.rl_algorithm.upper()}", "after", rl_summary))
         plots.append(rl_summary["plot"])
 
