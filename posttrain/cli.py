@@ -18,7 +18,7 @@ from posttrain.config import ConfigError, load_config, to_dict
 RECIPES: dict[str, tuple[str, str, str, str]] = {
     "sft": ("posttrain.recipes.sft", "SFTConfig", "train", "supervised fine-tuning on chat or completion data"),
     "rl": ("posttrain.recipes.rl", "RLConfig", "train",
-           "RL with verifiable rewards: grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo"),
+           "RL: grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo with verifiable rewards; ppo with a reward model"),
     "dpo": ("posttrain.recipes.dpo", "DPOConfig", "train",
             "preference alignment without a reward model: dpo, ipo, cdpo, simpo, orpo, kto"),
     "reward-model": ("posttrain.recipes.reward_model", "RewardModelConfig", "train",

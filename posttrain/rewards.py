@@ -2,7 +2,8 @@
 
 A reward function is a plain callable `(prompt, completion, **row) -> float | None`; `row`
 holds the dataset's other columns (`answer`, `tests`, ...). Configs name one either by a
-built-in name or by an import path `package.module:function`, so a user plugs in their own
+built-in name, by `reward_model:/path/to/dir` (a reward model trained with `posttrain
+reward-model`), or by an import path `package.module:function`, so a user plugs in their own
 without touching posttrain.
 """
 
@@ -23,11 +24,18 @@ BUILTIN_REWARDS = {
 }
 
 
+REWARD_MODEL_PREFIX = "reward_model:"  # `reward_model:/path/to/dir`: a trained reward model's score
+
+
 def resolve_reward(name: str) -> RewardFn:
-    """A built-in reward by name, or any callable by import path."""
+    """A built-in reward by name, a reward model by `reward_model:<dir>`, or any callable by import path."""
+    if name.startswith(REWARD_MODEL_PREFIX):  # checked before import paths, which also contain ':'
+        from posttrain.verifiers.reward_model import reward_model_reward  # loads torch models: import lazily
+
+        return reward_model_reward(name)
     if name in BUILTIN_REWARDS:
         return resolve_import_path(BUILTIN_REWARDS[name], "reward")
     if is_import_path(name):
         return resolve_import_path(name, "reward")
     raise ValueError(f"unknown reward {name!r}; built-in rewards: {sorted(BUILTIN_REWARDS)}, "
-                     "or give an import path 'package.module:function'")
+                     "'reward_model:/path/to/dir', or an import path 'package.module:function'")

@@ -31,6 +31,10 @@ class AlgorithmPreset:
     dual_clip: float | None = None
     gamma: float = 1.0
     lam: float = 1.0
+    # Adaptive KL control (Ziegler et al. 2019): steer the per-sample KL towards kl_target, reacting
+    # over kl_horizon samples; None keeps β = kl_coef fixed. Used by the critic loop (ppo).
+    kl_target: float | None = None
+    kl_horizon: float = 10_000
     paper: str = ""
 
     def as_dict(self) -> dict[str, object]:
@@ -95,13 +99,19 @@ ALGORITHM_PRESETS: dict[str, AlgorithmPreset] = {
         eps_low=3e-4, eps_high=4e-4, kl_coef=0.0, kl_estimator="k3", kl_placement="loss",
         paper="Zheng et al. 2025, GSPO, arXiv 2507.18071",
     ),
-    # PPO for language models (Ziegler et al. 2019; Ouyang et al. 2022): critic + GAE, per-token
-    # k1 KL penalty in the reward, clip 0.2. λ = 0.95 and β = 0.05 are ours.
+    # PPO for language models (Ziegler et al. 2019, arXiv 1909.08593; Ouyang et al. 2022, arXiv
+    # 2203.02155): a critic + GAE (γ = 1: no discount within a response), advantages whitened over
+    # the batch's valid tokens, the per-token k1 KL to the reference subtracted from the reward,
+    # the score added at the last response token, clip 0.2, token-mean loss. β is fixed unless
+    # kl_target is set (adaptive, horizon 10 000 as in Ziegler et al.'s code). λ = 0.95 and
+    # β = 0.05 are ours (InstructGPT used β = 0.02 on 1.3B–175B models). The critic's settings
+    # (init, vf_coef, value clip) live in the config's `critic` section. Loop: recipes/ppo.py.
     "ppo": AlgorithmPreset(
         advantage="gae", policy_loss="ppo_clip", aggregation="token-mean",
         eps_low=0.2, eps_high=0.2, kl_coef=0.05, kl_estimator="k1", kl_placement="reward",
-        gamma=1.0, lam=0.95,
-        paper="Schulman et al. 2017 (PPO); Ouyang et al. 2022 (InstructGPT)",
+        gamma=1.0, lam=0.95, kl_target=None, kl_horizon=10_000,
+        paper="Schulman et al. 2017, arXiv 1707.06347 (PPO); Ziegler et al. 2019, arXiv 1909.08593; "
+              "Ouyang et al. 2022, arXiv 2203.02155 (InstructGPT)",
     ),
 }
 

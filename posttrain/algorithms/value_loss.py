@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from posttrain.algorithms.masked import check_mask, masked_fill_zero, masked_mean
+from posttrain.algorithms.masked import check_mask, masked_fill_zero, masked_mean, masked_var
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,16 @@ def clipped_value_loss(
     loss = 0.5 * torch.maximum(error, error_clipped)
     clip_frac = masked_mean((error_clipped > error).to(v.dtype), m).detach()
     return ValueLossOutput(masked_fill_zero(loss, m), clip_frac)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 − Var(R − V) / Var(R) over the valid tokens (population variances): how much of the
+    returns' spread the critic accounts for. 1 = perfect, 0 = no better than a constant, < 0 =
+    worse than a constant. NaN when the returns do not vary. Shapes: (B, T) in, detached scalar out.
+    """
+    m = check_mask(mask, values, like_name="values")
+    v, r = values.detach().float(), returns.detach().float()
+    var_returns = masked_var(r, m)
+    if float(var_returns) == 0.0:
+        return torch.tensor(float("nan"))
+    return 1.0 - masked_var(r - v, m) / var_returns

@@ -80,25 +80,32 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def resume_if_asked(run, *, model, optimizer, scheduler, ledger) -> tuple[int, dict]:
+def resume_if_asked(run, *, model, optimizer, scheduler, ledger, on_state=None) -> tuple[int, dict]:
     """Restore the run's checkpoint when it resumes: returns (start step, the run's first evaluation).
 
     A fresh run gets (0, {}). The first evaluation travels in the checkpoint so a resumed run
-    can still report accuracy before and after.
+    can still report accuracy before and after. `on_state`, if given, is called with the whole
+    trainer state, for recipe state saved with `checkpoint_if_due(extra_state=...)`.
     """
     if run.resume_checkpoint is None:
         return 0, {}
     state = load_checkpoint(run.resume_checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
     ledger.load_state_dict(state["ledger"])
+    if on_state is not None:
+        on_state(state)
     run.print(f"resumed from {run.resume_checkpoint} at step {state['step']}")
     return int(state["step"]), state.get("first_eval", {})
 
 
 def checkpoint_if_due(run, run_cfg, step: int, total_steps: int, *, model, optimizer, scheduler, tokenizer,
-                      ledger, first_eval: dict) -> None:
-    """Save after `step` completed steps every `run.save_every` steps (the final model is saved apart)."""
+                      ledger, first_eval: dict, extra_state: dict | None = None) -> None:
+    """Save after `step` completed steps every `run.save_every` steps (the final model is saved apart).
+
+    `extra_state` (JSON-serialisable) joins the trainer state, e.g. PPO's adaptive KL coefficient.
+    """
     if step % run_cfg.save_every or step >= total_steps:
         return
     save_checkpoint(run.dir, step, model=model, optimizer=optimizer, scheduler=scheduler, tokenizer=tokenizer,
                     keep_last=run_cfg.keep_last,
-                    trainer_state={"step": step, "ledger": ledger.state_dict(), "first_eval": first_eval})
+                    trainer_state={**(extra_state or {}), "step": step, "ledger": ledger.state_dict(),
+                                   "first_eval": first_eval})

@@ -8,6 +8,8 @@ Each step:
     sync weights into the engine → log, evaluate, checkpoint.
 What differs between GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++ and GSPO is only which advantage
 estimator, policy loss, aggregation and KL placement the preset names (algorithms/presets.py).
+PPO needs a critic as well, so `train` hands it to `recipes/ppo.py`, which reuses this file's
+rollout collection.
 Differences from the papers: a reward of None (not scorable) is masked out of the loss and
 replaced by its group's mean so it moves no baseline; everything runs in one process.
 """
@@ -46,17 +48,21 @@ from posttrain.verifiers.combine import RewardRunner
 
 def train(cfg: RLConfig) -> dict:
     """Run RL as configured; returns the summary also written to `summary.json`."""
+    if cfg.needs_critic():
+        from posttrain.recipes.ppo import train as train_ppo  # imported here: ppo.py imports this module
+
+        return train_ppo(cfg)
     started = time.time()
     algo = cfg.algorithm.resolve()
     run = Run.start(cfg.run.output_dir, cfg.run.name, {**to_dict(cfg), "resolved_algorithm": algo.as_dict()},
                     resume=cfg.run.resume, overwrite=cfg.run.overwrite, report_to=cfg.run.report_to,
                     wandb_project=cfg.run.wandb_project)
-    with run, _reward_runner(cfg) as rewards:
+    with run, reward_runner(cfg) as rewards:
         set_seed(cfg.run.seed)
         run.print(f"algorithm {cfg.algorithm.name}: {algo.as_dict()}")
         model, tokenizer = load_model_and_tokenizer(cfg.model)
         model.eval()  # dropout off for sampling and training alike; gradients still flow
-        reference = _reference_model(model) if algo.kl_coef > 0 else None
+        reference = reference_model(model) if algo.kl_coef > 0 else None
         engine = HFEngine(model, tokenizer)
         train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console)
         eval_reward = resolve_reward(cfg.eval.reward or cfg.reward.functions[0])
@@ -146,10 +152,11 @@ def collect_rollouts(engine, rewards: RewardRunner, prompts: PromptSet, cfg: RLC
         if algo.overlong_cache_fraction:
             cache = max(1, int(algo.overlong_cache_fraction * r.max_new_tokens))
             batch.rewards = batch.rewards + overlong_penalty(batch.response_lengths, r.max_new_tokens, cache)
+        if cfg.reward.missing_eos_penalty:
+            batch.rewards = batch.rewards - cfg.reward.missing_eos_penalty * batch.truncated.float()
         batch = _fill_unscorable(batch, G)
-        stats = group_stats(batch.rewards, G)
         total_groups += len(indices)
-        zero_groups += stats.num_uniform
+        zero_groups += group_stats(batch.rewards, G).num_uniform if G > 1 else 0  # PPO may sample once per prompt
         if not algo.dynamic_sampling:
             kept.append(batch)
             kept_groups = len(indices)
@@ -272,7 +279,7 @@ def _concat(parts: list[RolloutBatch]) -> RolloutBatch:
     return RolloutBatch(**fields)
 
 
-def _reference_model(model):
+def reference_model(model):
     """A frozen copy of the starting policy (for LoRA: the base model, adapters disabled — no copy)."""
     if hasattr(model, "disable_adapter"):
         return _AdapterDisabled(model)
@@ -294,7 +301,7 @@ class _AdapterDisabled(torch.nn.Module):
             return self.peft_model(**kwargs)
 
 
-def _reward_runner(cfg: RLConfig) -> RewardRunner:
+def reward_runner(cfg: RLConfig) -> RewardRunner:
     names = cfg.reward.functions
     weights = dict(zip(names, cfg.reward.weights)) if cfg.reward.weights else None
     return RewardRunner({name: resolve_reward(name) for name in names}, weights,

@@ -1,4 +1,5 @@
-"""Config of `posttrain rl`: GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++ and GSPO from one loop.
+"""Config of `posttrain rl`: GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++ and GSPO from one loop, and
+PPO (a critic, GAE and a KL-penalised reward) from its own loop in `recipes/ppo.py`.
 
 `algorithm.name` picks a preset (posttrain/algorithms/presets.py, each citing its paper);
 every other `algorithm.*` key left at null takes the preset's value, and a key set in the
@@ -12,6 +13,9 @@ from typing import Literal, Union
 
 from posttrain.algorithms.presets import AlgorithmPreset, get_preset
 from posttrain.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require
+
+# Advantage estimators that need a critic's values; algorithms using them run the PPO loop.
+CRITIC_ESTIMATORS = frozenset({"gae"})
 
 
 @dataclasses.dataclass
@@ -30,6 +34,13 @@ class AlgorithmConfig:
     overlong_cache_fraction: Union[float, None] = None
     # For "seq-mean-token-sum-norm": a number, or "max_new_tokens" (Dr. GRPO's constant).
     loss_normaliser: Union[float, str, None] = None
+    # GAE discount and λ (ppo).
+    gamma: Union[float, None] = None
+    lam: Union[float, None] = None
+    # Adaptive KL (ppo; Ziegler et al. 2019): target KL per sample in nats (summed over its tokens),
+    # and the horizon in samples over which β reacts. kl_target null = β fixed at kl_coef.
+    kl_target: Union[float, None] = None
+    kl_horizon: Union[float, None] = None
 
     def resolve(self) -> AlgorithmPreset:
         """The preset with every non-null key of this section laid over it."""
@@ -61,6 +72,22 @@ class RewardConfig:
     on_error: Literal["zero", "none", "raise"] = "zero"
     # Seconds per item; runs plain functions in a worker process (the only way to stop a hang).
     timeout_s: Union[float, None] = None
+    # Subtracted from the reward of a response that hit max_new_tokens without EOS (a reward model
+    # would otherwise score the unfinished text as if it had ended). null = no penalty.
+    missing_eos_penalty: Union[float, None] = None
+
+
+@dataclasses.dataclass
+class CriticConfig:
+    """The value model of algorithms that need one (ppo): a scalar head on a causal LM."""
+
+    # "policy": the policy checkpoint with a fresh value head; or a reward-model directory
+    # (`reward_model:<dir>` or just `<dir>`): its backbone and head, as is common in RLHF.
+    init: str = "policy"
+    # Weight of the value loss next to the policy loss (one optimizer steps both models).
+    vf_coef: float = 0.1
+    # The value clip ε: V may move at most ε from its rollout-time value per batch. null = no clip.
+    value_clip: Union[float, None] = 0.2
 
 
 @dataclasses.dataclass
@@ -74,12 +101,17 @@ class RLConfig:
     algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+    critic: CriticConfig = dataclasses.field(default_factory=CriticConfig)
     steps: int = 100
     # Sequences per forward/backward pass; a step's prompts_per_step × samples_per_prompt
     # sequences are split into micro-batches of this size (gradient accumulation in between).
     micro_batch_size: int = 64
     # Optimizer steps per rollout batch (PPO epochs); old log-probs are computed once per batch.
     updates_per_batch: int = 1
+
+    def needs_critic(self) -> bool:
+        """True when the algorithm's advantage needs a value model (ppo): `rl.train` then runs `recipes/ppo.py`."""
+        return self.algorithm.resolve().advantage in CRITIC_ESTIMATORS
 
     def validate(self) -> None:
         r = self.rollout
@@ -95,6 +127,8 @@ class RLConfig:
                 f"{r.samples_per_prompt} = {sequences} sequences) must be a multiple of micro_batch_size "
                 f"({self.micro_batch_size})")
         require(self.updates_per_batch >= 1, "updates_per_batch must be >= 1")
+        require(self.reward.missing_eos_penalty is None or self.reward.missing_eos_penalty >= 0,
+                f"reward.missing_eos_penalty must be >= 0 (it is subtracted), got {self.reward.missing_eos_penalty}")
         require(bool(self.reward.functions), "reward.functions must name at least one reward")
         require(self.reward.weights is None or len(self.reward.weights) == len(self.reward.functions),
                 f"reward.weights has {len(self.reward.weights or [])} entries for "
@@ -107,7 +141,23 @@ class RLConfig:
         require(algo.advantage not in group_estimators or r.samples_per_prompt >= 2,
                 f"algorithm {self.algorithm.name!r} uses a group baseline ({algo.advantage}): "
                 f"rollout.samples_per_prompt must be >= 2, got {r.samples_per_prompt}")
-        require(algo.advantage != "gae", "algorithm 'ppo' needs a value model: use `posttrain ppo` (coming) ")
+        if algo.advantage in CRITIC_ESTIMATORS:
+            require(algo.kl_placement == "reward",
+                    f"algorithm {self.algorithm.name!r} (a critic with {algo.advantage}) puts the KL penalty in "
+                    f"the reward; kl_placement must be 'reward', got {algo.kl_placement!r}")
+            require(0 <= algo.gamma <= 1 and 0 <= algo.lam <= 1,
+                    f"algorithm.gamma and algorithm.lam must lie in [0, 1], got {algo.gamma} and {algo.lam}")
+            require(self.critic.vf_coef > 0, f"critic.vf_coef must be > 0, got {self.critic.vf_coef}")
+            require(self.critic.value_clip is None or self.critic.value_clip > 0,
+                    f"critic.value_clip must be > 0 or null, got {self.critic.value_clip}")
+            require(bool(self.critic.init.strip()), "critic.init must be 'policy' or a reward-model directory")
+        require(algo.kl_target is None or (algo.kl_target > 0 and algo.kl_coef > 0),
+                f"algorithm.kl_target (adaptive KL) must be > 0 and start from kl_coef > 0, got "
+                f"kl_target={algo.kl_target}, kl_coef={algo.kl_coef}")
+        require(algo.kl_target is None or algo.advantage in CRITIC_ESTIMATORS,
+                f"algorithm.kl_target (adaptive KL) is implemented by the critic loop only (ppo), not by "
+                f"{self.algorithm.name!r}")
+        require(algo.kl_horizon > 0, f"algorithm.kl_horizon must be > 0, got {algo.kl_horizon}")
         require(algo.loss_normaliser is None or isinstance(algo.loss_normaliser, float)
                 or algo.loss_normaliser == "max_new_tokens",
                 f"algorithm.loss_normaliser must be a number or 'max_new_tokens', got {algo.loss_normaliser!r}")

@@ -1,0 +1,284 @@
+"""PPO for language models (RLHF): a policy, a value model and a KL-penalised reward in one loop.
+
+`posttrain rl` with `algorithm.name: ppo` lands here (`rl.train` dispatches every algorithm whose
+advantage needs a critic). Each step, top to bottom:
+    sample prompts → engine.generate → score with the reward functions (e.g. `reward_model:<dir>`,
+    batched) → minus `reward.missing_eos_penalty` for responses without EOS → once per batch:
+    old log-probs, reference log-probs, old values → per-token reward
+    r_t = −β·k1_t, plus the score on the last response token → GAE(γ, λ) → advantages whitened
+    over the valid tokens → `updates_per_batch` PPO epochs, each one optimizer step over all
+    micro-batches of (clipped policy loss + vf_coef · clipped value loss) → β update (fixed or
+    adaptive) → log, evaluate, checkpoint.
+
+References: PPO (Schulman et al. 2017, arXiv 1707.06347); the LM recipe — KL to a frozen
+reference in the reward, per-token k1 estimate, adaptive β — from Ziegler et al. 2019 (arXiv
+1909.08593) and InstructGPT (Ouyang et al. 2022, arXiv 2203.02155); GAE (Schulman et al. 2016,
+arXiv 1506.02438); value clipping as in OpenAI baselines (see algorithms/value_loss.py); the
+missing-EOS penalty and the value model read per token from a sequence-classification head as
+in TRL's PPOTrainer (after Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO",
+arXiv 2403.17031).
+
+Dropout is off in all four models (policy, reference, value, reward): each is in eval mode and
+every dropout probability is set to 0, so the log-probs and values of the rollout, of the
+old-policy pass and of the update are the same function of the weights.
+
+Differences from the papers: one AdamW steps policy and critic together, with one gradient clip
+over both (as TRL does); each PPO epoch is one optimizer step over the whole batch (gradient
+accumulation across micro-batches) rather than several shuffled minibatches; responses whose
+reward is None are dropped from the update.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from posttrain.algorithms.aggregation import aggregate
+from posttrain.algorithms.kl import kl_estimate
+from posttrain.algorithms.kl_control import build_kl_controller
+from posttrain.algorithms.masked import masked_mean, masked_sum
+from posttrain.algorithms.registry import AdvantageInputs, get_advantage_estimator, get_policy_loss
+from posttrain.algorithms.value_loss import clipped_value_loss, explained_variance
+from posttrain.compute import ComputeLedger, matmul_params
+from posttrain.config import require, to_dict
+from posttrain.engines.hf import HFEngine
+from posttrain.models.loading import load_tokenizer, resolve_device, save_model
+from posttrain.models.scalar_head import load_scalar_model, token_values
+from posttrain.plots import plot_metrics
+from posttrain.recipes.common import (
+    build_optimizer, build_scheduler, checkpoint_if_due, load_model_and_tokenizer, resolve_model_path,
+    resume_if_asked, set_seed,
+)
+from posttrain.recipes.prompt_data import load_prompt_sets
+from posttrain.recipes.rl import reference_model, reward_runner, collect_rollouts
+from posttrain.recipes.rl_config import RLConfig
+from posttrain.recipes.rl_eval import evaluate_prompts
+from posttrain.recipes.rollouts import RolloutBatch, batch_logprobs, forward_logprobs
+from posttrain.recipes.sft import apply_update, clip_gradients
+from posttrain.rewards import REWARD_MODEL_PREFIX, resolve_reward
+from posttrain.run import Run
+
+
+def train(cfg: RLConfig) -> dict:
+    """Run PPO as configured; returns the summary also written to `summary.json`."""
+    started = time.time()
+    algo = cfg.algorithm.resolve()
+    run = Run.start(cfg.run.output_dir, cfg.run.name, {**to_dict(cfg), "resolved_algorithm": algo.as_dict()},
+                    resume=cfg.run.resume, overwrite=cfg.run.overwrite, report_to=cfg.run.report_to,
+                    wandb_project=cfg.run.wandb_project)
+    with run, reward_runner(cfg) as rewards:
+        set_seed(cfg.run.seed)
+        run.print(f"algorithm {cfg.algorithm.name}: {algo.as_dict()}")
+        policy, tokenizer = load_model_and_tokenizer(cfg.model)
+        critic = load_value_model(cfg, tokenizer)
+        needs_reference = algo.kl_coef > 0 or algo.kl_target is not None
+        reference = reference_model(policy) if needs_reference else None
+        for model in (policy, critic, reference):
+            if model is not None:
+                disable_dropout(model)
+        for reward in rewards.rewards.values():  # a reward model scores with dropout off too
+            if isinstance(getattr(reward.fn, "model", None), torch.nn.Module):
+                disable_dropout(reward.fn.model)
+        engine = HFEngine(policy, tokenizer)
+        train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console)
+        eval_reward = resolve_reward(cfg.eval.reward or cfg.reward.functions[0])
+
+        trained = torch.nn.ModuleDict({"policy": policy, "value": critic})  # one optimizer, one checkpoint
+        optimizer = build_optimizer(trained, cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * cfg.updates_per_batch)
+        kl_control = build_kl_controller(algo.kl_coef, algo.kl_target, algo.kl_horizon)
+        ledger = ComputeLedger()
+        n_params = {"policy": matmul_params(policy), "value": matmul_params(critic)}
+        start_step, first_eval = resume_if_asked(
+            run, model=trained, optimizer=optimizer, scheduler=scheduler, ledger=ledger,
+            on_state=lambda state: kl_control.load_state_dict(state["kl_controller"]))
+
+        def evaluate(step: int) -> dict:
+            with ledger.timed("eval"):
+                metrics = evaluate_prompts(engine, eval_prompts, eval_reward, cfg, ledger, n_params["policy"])
+            run.log(step, metrics)
+            return metrics
+
+        if start_step == 0:
+            first_eval = evaluate(0)
+        with run.progress(cfg.steps, initial=start_step, description=f"rl ({cfg.algorithm.name})") as bar:
+            for step in range(start_step, cfg.steps):
+                batch, metrics = collect_rollouts(engine, rewards, train_prompts, cfg, algo, step,
+                                                  tokenizer.pad_token_id, ledger, n_params["policy"])
+                metrics["reward/score_mean"] = metrics.get("rewards/total/mean", float("nan"))
+                metrics["kl/beta"] = kl_control.value  # the β this batch's rewards are penalised with
+                if batch.size:
+                    batch = batch.select(torch.nonzero(batch.scorable).flatten())  # None rewards: no update
+                if batch.size:
+                    metrics.update(train_on_batch(policy, critic, reference, trained, optimizer, scheduler, batch,
+                                                  cfg, algo, kl_control.value, run, step, ledger, n_params))
+                    kl_control.update(metrics["kl/sequence_mean"], n_steps=batch.size)
+                metrics.update(ledger.metrics())
+                if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.steps:
+                    run.log(step + 1, metrics)
+                bar.advance(score=f"{metrics['reward/score_mean']:.3f}", kl=f"{metrics.get('kl/sequence_mean', 0):.3f}")
+                if cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.steps:
+                    evaluate(step + 1)
+                checkpoint_if_due(run, cfg.run, step + 1, cfg.steps, model=trained, optimizer=optimizer,
+                                  scheduler=scheduler, tokenizer=tokenizer, ledger=ledger, first_eval=first_eval,
+                                  extra_state={"kl_controller": kl_control.state_dict()})
+
+        final_eval = evaluate(cfg.steps)
+        engine.close()
+        model_dir = save_model(policy, tokenizer, run.model_dir)
+        value_dir = save_model(critic, tokenizer, run.dir / "value_model")
+        plot = plot_metrics(run.metrics_path, ["reward/score_mean", "kl/sequence_mean", "kl/beta",
+                                               "value/explained_variance", "eval/accuracy_sampled",
+                                               "response/length_mean"],
+                            run.dir / "rl_curves.png", title=f"RL ({cfg.algorithm.name}): {cfg.run.name}")
+        summary = {
+            "recipe": "rl", "algorithm": cfg.algorithm.name, "rl_steps": cfg.steps,
+            "model_dir": str(model_dir), "value_model_dir": str(value_dir), "plot": str(plot),
+            "seconds": round(time.time() - started, 2), "final_kl_coef": kl_control.value,
+            **{f"before/{k}": v for k, v in first_eval.items()},
+            **{f"after/{k}": v for k, v in final_eval.items()},
+            **ledger.metrics(),
+        }
+        run.write_summary(summary)
+        run.console.print(ledger.table())
+        return summary
+
+
+def load_value_model(cfg: RLConfig, tokenizer) -> torch.nn.Module:
+    """The critic: the policy checkpoint with a fresh scalar head, or a reward model (`critic.init`)."""
+    init = cfg.critic.init.strip()
+    if init == "policy":
+        source = resolve_model_path(cfg.model.name_or_path)
+    else:
+        source = init[len(REWARD_MODEL_PREFIX):] if init.startswith(REWARD_MODEL_PREFIX) else init
+        # Values are read from the policy's token ids, so the critic must share its vocabulary.
+        require(load_tokenizer(source).get_vocab() == tokenizer.get_vocab(),
+                f"critic.init {init!r}: its tokenizer differs from the policy's ({cfg.model.name_or_path}); "
+                "the value model must read the same token ids")
+    return load_scalar_model(source, pad_token_id=tokenizer.pad_token_id, dtype=cfg.model.dtype,
+                             device=resolve_device(cfg.model.device), trust_remote_code=cfg.model.trust_remote_code)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Eval mode and every dropout probability 0, so even a later `.train()` cannot bring dropout back.
+
+    Covers `nn.Dropout` modules and the functional attention dropout transformers models keep as
+    an `attention_dropout` float on their attention modules.
+    """
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def forward_values(critic, batch: RolloutBatch, index: slice | torch.Tensor) -> torch.Tensor:
+    """Values (rows, L-1) on the shifted axis: entry t is V of the prefix that predicts token t+1,
+    aligned with `forward_logprobs` and `batch.mask` (grad flows if enabled)."""
+    device = next(critic.parameters()).device
+    values = token_values(critic, batch.input_ids[index].to(device), batch.attention_mask[index].to(device))
+    return values[:, :-1]
+
+
+@torch.no_grad()
+def batch_values(critic, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
+    """Values of the whole batch without gradients (the critic at rollout time)."""
+    parts = [forward_values(critic, batch, slice(start, start + micro_batch_size)).float().cpu()
+             for start in range(0, batch.size, micro_batch_size)]
+    return torch.cat(parts)
+
+
+def kl_shaped_advantages(scores: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor,
+                         old_values: torch.Tensor, mask: torch.Tensor, algo, beta: float):
+    """PPO's targets from one rollout batch. Shapes: scores (B,); the rest (B, T), T = L-1.
+
+    KL_t = the configured estimator (k1: log π_old − log π_ref) on each sampled token; token
+    reward r_t = −β·KL_t, plus the sequence score on the last response token (Ziegler et al.
+    2019); then the configured advantage estimator (gae: GAE(γ, λ) on the critic's values, and
+    advantages whitened over the valid tokens of the whole batch).
+
+    Returns:
+        (advantages, returns, kl), each (B, T), 0 outside the mask.
+    """
+    kl = kl_estimate(old_logp, ref_logp, algo.kl_estimator, mask=mask)
+    estimate = get_advantage_estimator(algo.advantage)(AdvantageInputs(
+        rewards=scores, mask=mask, values=old_values, kl=kl, kl_coef=beta, gamma=algo.gamma, lam=algo.lam))
+    return estimate.advantages, estimate.returns, kl
+
+
+def train_on_batch(policy, critic, reference, trained, optimizer, scheduler, batch: RolloutBatch, cfg: RLConfig,
+                   algo, beta: float, run: Run, step: int, ledger: ComputeLedger, n_params: dict) -> dict:
+    """Old log-probs, reference log-probs and values once; KL-shaped rewards, GAE, whitening;
+    then `updates_per_batch` optimizer steps on policy + vf_coef · value loss."""
+    T = cfg.rollout.temperature
+    mbs = cfg.micro_batch_size
+    mask = batch.mask
+    valid = mask > 0
+    tokens = int(batch.attention_mask.sum())
+    with ledger.timed("reference"):
+        old_logp = batch_logprobs(policy, batch, T, mbs)
+        ledger.record("reference", tokens=tokens, params=n_params["policy"])
+        ref_logp = old_logp
+        if reference is not None:
+            ref_logp = batch_logprobs(reference, batch, T, mbs)
+            ledger.record("reference", tokens=tokens, params=n_params["policy"])
+    with ledger.timed("values"):
+        old_values = batch_values(critic, batch, mbs)
+        ledger.record("values", tokens=tokens, params=n_params["value"])
+    advantages, returns, kl = kl_shaped_advantages(batch.rewards, old_logp, ref_logp, old_values, mask, algo, beta)
+    sequence_kl = masked_sum(kl, valid, dim=1)
+    metrics: dict = {
+        "kl/mean": float(masked_mean(kl, valid)),  # per token
+        "kl/sequence_mean": float(sequence_kl.mean()),  # per sample, summed over its tokens (what β controls)
+        "reward/non_score_mean": float(-beta * sequence_kl.mean()),
+        "reward/penalised_mean": float(batch.rewards.mean()),  # score after the missing-EOS penalty
+        "returns/mean": float(masked_mean(returns, valid)),
+        "values/mean": float(masked_mean(old_values, valid)),
+        "value/explained_variance": float(explained_variance(old_values, returns, valid)),
+    }
+
+    policy_loss = get_policy_loss(algo.policy_loss)
+    normaliser = float(cfg.rollout.max_new_tokens) if algo.loss_normaliser == "max_new_tokens" else algo.loss_normaliser
+    counts = {"global_tokens": float(mask.sum()), "global_sequences": float(valid.any(1).sum()),
+              "constant_normaliser": normaliser}
+    for _ in range(cfg.updates_per_batch):
+        with ledger.timed("update"):
+            sums = dict.fromkeys(("loss", "policy_loss", "value_loss", "entropy", "clip", "value_clip", "ratio",
+                                  "approx_kl"), 0.0)
+            for start in range(0, batch.size, mbs):
+                rows = slice(start, start + mbs)
+                logp, entropy = forward_logprobs(policy, batch, rows, T, with_entropy=True)
+                m = mask[rows].to(logp.device)
+                pol = policy_loss(logp, old_logp[rows].to(logp.device), advantages[rows].to(logp.device), m,
+                                  eps_low=algo.eps_low, eps_high=algo.eps_high, dual_clip=algo.dual_clip)
+                pg_loss = aggregate(pol.loss, m, algo.aggregation, **counts)
+                values = forward_values(critic, batch, rows)
+                val = clipped_value_loss(values, old_values[rows].to(values.device), returns[rows].to(values.device),
+                                         m.to(values.device), clip_range=cfg.critic.value_clip)
+                vf_loss = aggregate(val.loss, m.to(values.device), algo.aggregation, **counts)
+                loss = pg_loss + cfg.critic.vf_coef * vf_loss.to(pg_loss.device)
+                loss.backward()
+                share = float(m.sum()) / max(counts["global_tokens"], 1.0)  # this micro-batch's share of tokens
+                sums["loss"] += loss.item()
+                sums["policy_loss"] += pg_loss.item()
+                sums["value_loss"] += vf_loss.item()
+                sums["entropy"] += float(masked_mean(entropy, m > 0)) * share
+                sums["clip"] += float(pol.clip_frac) * share
+                sums["value_clip"] += float(val.clip_frac) * share
+                sums["ratio"] += float(masked_mean(pol.ratio, m > 0)) * share
+                sums["approx_kl"] += float(pol.approx_kl) * share
+            ledger.record("update", tokens=tokens, params=n_params["policy"] + n_params["value"], backward=True)
+            grad_norm = clip_gradients(trained, cfg.optim.max_grad_norm)
+            run.check_finite(step + 1, {"train/loss": sums["loss"], "train/grad_norm": grad_norm})
+            lr = apply_update(optimizer, scheduler)
+    metrics.update({
+        "train/loss": sums["loss"], "train/policy_loss": sums["policy_loss"], "train/value_loss": sums["value_loss"],
+        "train/grad_norm": grad_norm, "train/lr": lr, "entropy/mean": sums["entropy"],
+        "train/clip_fraction": sums["clip"], "value/clip_fraction": sums["value_clip"],
+        "train/ratio_mean": sums["ratio"], "train/approx_kl": sums["approx_kl"],
+    })
+    gap = (batch.sampler_logprobs - old_logp).abs()  # trainer vs sampler log-probs: a health check
+    metrics["train/sampler_logprob_gap"] = float(masked_mean(gap, valid))
+    return metrics
