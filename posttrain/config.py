@@ -138,6 +138,9 @@ class EvalConfig:
     # Greedy accuracy is always reported; sampled accuracy (at this temperature) too when > 0.
     temperature: float = 1.0
     num_samples: int = 200
+    # Completions per prompt for the sampled accuracy (the greedy one needs one): more draws, less
+    # seed-to-seed noise when there are few held-out prompts.
+    samples_per_prompt: int = 1
 
 
 # --------------------------------------------------------------------------- loading

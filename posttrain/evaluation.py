@@ -49,14 +49,21 @@ def evaluate_accuracy(
     seed: int = 0,
     top_p: float = 1.0,
     top_k: int = 0,
+    samples_per_prompt: int = 1,
 ) -> EvalResult:
-    """One completion per prompt (temperature 0 = greedy), scored by `reward_fn`."""
+    """Completions scored by `reward_fn`: one per prompt greedily (temperature 0), or
+    `samples_per_prompt` per prompt when sampling, so the sampled accuracy (pass@1) is averaged
+    over more draws than there are held-out prompts -- with a few dozen prompts one draw each
+    moves it by several points from seed to seed."""
+    if samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
+    n = samples_per_prompt if temperature > 0 else 1
     sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p if temperature > 0 else 1.0, top_k=top_k if temperature > 0 else 0,
-                              n=1, seed=seed)
-    completions = [group[0] for group in engine.generate(prompt_ids, sampling)]
+                              n=n, seed=seed)
+    completions = [c for group in engine.generate(prompt_ids, sampling) for c in group]
     texts = [c.text for c in completions]
-    scores, unscorable = score_completions(reward_fn, rows, texts)
+    scores, unscorable = score_completions(reward_fn, [row for row in rows for _ in range(n)], texts)
     valid = [s for s in scores if s is not None and not math.isnan(s)]
     return EvalResult(
         accuracy=sum(s >= 0.5 for s in valid) / len(valid) if valid else float("nan"),

@@ -19,7 +19,7 @@ def evaluate_prompts(engine, prompts, reward_fn, cfg, ledger, n_params) -> dict:
     for label, temperature in (("greedy", 0.0), ("sampled", cfg.rollout.temperature)):
         result = evaluate_accuracy(engine, rows, prompt_ids, reward_fn, max_new_tokens=cfg.rollout.max_new_tokens,
                                    temperature=temperature, seed=cfg.run.seed + 7, top_p=cfg.rollout.top_p,
-                                   top_k=cfg.rollout.top_k)
+                                   top_k=cfg.rollout.top_k, samples_per_prompt=cfg.eval.samples_per_prompt)
         ledger.record("eval", tokens=result.generated_tokens + sum(map(len, prompt_ids)), params=n_params)
         metrics[f"eval/accuracy_{label}"] = result.accuracy
         metrics[f"eval/reward_{label}"] = result.mean_reward

@@ -206,7 +206,8 @@ def evaluate_sft(model, tokenizer, data: SFTData, cfg: SFTConfig, reward_fn, led
         settings = [("greedy", 0.0)] + ([("sampled", cfg.eval.temperature)] if cfg.eval.temperature > 0 else [])
         for label, temperature in settings:
             result = evaluate_accuracy(engine, rows, prompt_ids, reward_fn, max_new_tokens=cfg.eval.max_new_tokens,
-                                       temperature=temperature, seed=cfg.run.seed)
+                                       temperature=temperature, seed=cfg.run.seed,
+                                       samples_per_prompt=cfg.eval.samples_per_prompt)
             metrics[f"eval/accuracy_{label}"] = result.accuracy
             ledger.record("eval", tokens=result.generated_tokens + sum(map(len, prompt_ids)), params=n_params)
         metrics["eval/num_prompts"] = len(rows)
