@@ -7,15 +7,14 @@ held-out pairs, plus prompts for generation-based accuracy checks.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from posttrain.config import DataConfig
-from posttrain.data.examples import LoadedExamples, collect, load_examples, parse_preference
+from posttrain.data.examples import collect, parse_preference
 from posttrain.data.readers import Record
 from posttrain.data.tokenize import TokenizedPair, tokenize_prompt, tokenize_preference
 from posttrain.envs.arithmetic import preference_rows
-from posttrain.recipes.sft_data import BUILTIN_ARITHMETIC, arithmetic_task
+from posttrain.recipes.sft_data import BUILTIN_ARITHMETIC, arithmetic_task, load_file_splits, tokenize_splits
 
 
 @dataclass
@@ -50,33 +49,14 @@ def load_preference_data(cfg: DataConfig, tokenizer, *, seed: int, console=None)
                            lambda r: parse_preference(r, **fields))
         prompt_rows = eval_problems
     else:
-        train = load_examples(cfg.train, "preference", on_bad_row=cfg.on_bad_row, split=cfg.split,
-                              limit=cfg.limit, **fields)
-        if cfg.eval:
-            held_out = load_examples(cfg.eval, "preference", on_bad_row=cfg.on_bad_row, **fields)
-        else:
-            held_out = LoadedExamples([])
-            if cfg.eval_fraction > 0 and len(train.examples) > 1:
-                shuffled = list(train.examples)
-                random.Random(seed).shuffle(shuffled)
-                cut = max(1, int(len(shuffled) * cfg.eval_fraction))
-                held_out.examples, train.examples = shuffled[:cut], shuffled[cut:]
+        train, held_out = load_file_splits(cfg, "preference", seed, **fields)
 
-    def tokenize(example):
-        return tokenize_preference(example, tokenizer, cfg.max_length)
-
-    train_tok = collect(train.examples, tokenize, on_bad_row=cfg.on_bad_row)
-    eval_tok = collect(held_out.examples, tokenize, on_bad_row=cfg.on_bad_row)
-    skipped = train.skipped + held_out.skipped + train_tok.skipped + eval_tok.skipped
-    if console is not None:
-        for part in (train, held_out, train_tok, eval_tok):
-            if part.summary():
-                console.print(f"[yellow]data: {part.summary()}[/yellow]")
-        console.print(f"data: {len(train_tok.examples)} training and {len(eval_tok.examples)} held-out pairs"
-                      + (f", {len(prompt_rows)} evaluation prompts" if prompt_rows else ""))
+    train_tok, eval_tok, skipped = tokenize_splits(
+        train, held_out, lambda example: tokenize_preference(example, tokenizer, cfg.max_length), cfg.on_bad_row,
+        console=console, noun="pairs", prompts=len(prompt_rows))
     return PreferenceData(
-        train=train_tok.examples,
-        eval=eval_tok.examples,
+        train=train_tok,
+        eval=eval_tok,
         eval_prompts=prompt_rows,
         eval_prompt_ids=[tokenize_prompt(row["prompt"], tokenizer) for row in prompt_rows],
         skipped=skipped,

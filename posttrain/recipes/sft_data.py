@@ -49,37 +49,49 @@ def load_sft_data(cfg: DataConfig, tokenizer, *, eval_cfg: EvalConfig, seed: int
                            lambda r: parse_sft(r, **fields))
         prompt_rows = eval_problems
     else:
-        train = load_examples(cfg.train, "sft", on_bad_row=cfg.on_bad_row, split=cfg.split, limit=cfg.limit,
-                              **fields)
-        if cfg.eval:
-            held_out = load_examples(cfg.eval, "sft", on_bad_row=cfg.on_bad_row, **fields)
-        else:
-            held_out = LoadedExamples([])
-            if cfg.eval_fraction > 0 and len(train.examples) > 1:
-                shuffled = list(train.examples)
-                random.Random(seed).shuffle(shuffled)
-                cut = max(1, int(len(shuffled) * cfg.eval_fraction))
-                held_out.examples, train.examples = shuffled[:cut], shuffled[cut:]
+        train, held_out = load_file_splits(cfg, "sft", seed, **fields)
     if eval_cfg.prompts:
         loaded = load_examples(eval_cfg.prompts, "prompt", on_bad_row=cfg.on_bad_row, prompt_field=cfg.prompt_field)
         prompt_rows = [{"prompt": ex.prompt, **ex.extras} for ex in loaded.examples]
 
-    def tokenize(example):
-        return tokenize_sft(example, tokenizer, cfg.max_length)
+    train_tok, eval_tok, skipped = tokenize_splits(
+        train, held_out, lambda example: tokenize_sft(example, tokenizer, cfg.max_length), cfg.on_bad_row,
+        console=console, noun="sequences", prompts=len(prompt_rows))
+    return SFTData(
+        train=train_tok,
+        eval=eval_tok,
+        eval_prompts=prompt_rows,
+        eval_prompt_ids=[tokenize_prompt(row["prompt"], tokenizer) for row in prompt_rows],
+        skipped=skipped,
+    )
 
-    train_tok = collect(train.examples, tokenize, on_bad_row=cfg.on_bad_row)
-    eval_tok = collect(held_out.examples, tokenize, on_bad_row=cfg.on_bad_row)
+
+def load_file_splits(cfg: DataConfig, shape: str, seed: int, **fields: str) -> tuple[LoadedExamples, LoadedExamples]:
+    """Training and held-out examples of `shape` from files: `cfg.eval` when given, else a seeded
+    `cfg.eval_fraction` of the training rows."""
+    train = load_examples(cfg.train, shape, on_bad_row=cfg.on_bad_row, split=cfg.split, limit=cfg.limit, **fields)
+    if cfg.eval:
+        return train, load_examples(cfg.eval, shape, on_bad_row=cfg.on_bad_row, **fields)
+    held_out = LoadedExamples([])
+    if cfg.eval_fraction > 0 and len(train.examples) > 1:
+        shuffled = list(train.examples)
+        random.Random(seed).shuffle(shuffled)
+        cut = max(1, int(len(shuffled) * cfg.eval_fraction))
+        held_out.examples, train.examples = shuffled[:cut], shuffled[cut:]
+    return train, held_out
+
+
+def tokenize_splits(train: LoadedExamples, held_out: LoadedExamples, tokenize, on_bad_row: str, *, console=None,
+                    noun: str, prompts: int = 0) -> tuple[list, list, int]:
+    """Tokenise both splits (too-long examples raise or are skipped per `on_bad_row`), print what
+    was skipped and kept; returns (train, held_out, rows skipped in all)."""
+    train_tok = collect(train.examples, tokenize, on_bad_row=on_bad_row)
+    eval_tok = collect(held_out.examples, tokenize, on_bad_row=on_bad_row)
     skipped = train.skipped + held_out.skipped + train_tok.skipped + eval_tok.skipped
     if console is not None:
         for part in (train, held_out, train_tok, eval_tok):
             if part.summary():
                 console.print(f"[yellow]data: {part.summary()}[/yellow]")
-        console.print(f"data: {len(train_tok.examples)} training and {len(eval_tok.examples)} held-out sequences"
-                      + (f", {len(prompt_rows)} evaluation prompts" if prompt_rows else ""))
-    return SFTData(
-        train=train_tok.examples,
-        eval=eval_tok.examples,
-        eval_prompts=prompt_rows,
-        eval_prompt_ids=[tokenize_prompt(row["prompt"], tokenizer) for row in prompt_rows],
-        skipped=skipped,
-    )
+        console.print(f"data: {len(train_tok.examples)} training and {len(eval_tok.examples)} held-out {noun}"
+                      + (f", {prompts} evaluation prompts" if prompts else ""))
+    return train_tok.examples, eval_tok.examples, skipped
