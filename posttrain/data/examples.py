@@ -1,4 +1,4 @@
-"""The three example shapes (prompt, SFT, preference), parsed and validated from `Record`s.
+"""The example shapes (prompt, SFT, preference, unpaired), parsed and validated from `Record`s.
 
 Conventions follow TRL's dataset formats: a field is either plain text (a string) or
 conversational (a list of ``{"role", "content"}`` messages). Every problem raises a `DataError`
@@ -61,6 +61,22 @@ class PreferenceExample:
     @property
     def conversational(self) -> bool:
         return isinstance(self.prompt, list) or isinstance(self.chosen, list)
+
+
+@dataclass(frozen=True)
+class UnpairedExample:
+    """A completion labelled desirable (`label` True) or undesirable, with no counterpart: the
+    unpaired format KTO trains on (TRL's "unpaired preference" rows: prompt, completion, label)."""
+
+    prompt: Text
+    completion: Text
+    label: bool
+    source: str = "<memory>"
+    row: int = 0
+
+    @property
+    def conversational(self) -> bool:
+        return isinstance(self.prompt, list) or isinstance(self.completion, list)
 
 
 @dataclass
@@ -193,15 +209,29 @@ def parse_preference(record: Record, *, prompt_field: str = "prompt", chosen_fie
     return PreferenceExample(prompt, chosen, rejected, record.source, record.row)
 
 
+def parse_unpaired(record: Record, *, prompt_field: str = "prompt", completion_field: str = "completion",
+                   label_field: str = "label") -> UnpairedExample:
+    """An unpaired row: prompt + completion (as for SFT) + a boolean `label_field` (true = desirable)."""
+    prompt = _check_prompt(record, prompt_field)
+    completion = _check_response(record, completion_field, prompt)
+    label = _get(record, label_field)
+    if not isinstance(label, bool):
+        raise DataError(record.source, record.row, label_field,
+                        f"expected true (desirable) or false (undesirable), got {label!r}")
+    return UnpairedExample(prompt, completion, label, record.source, record.row)
+
+
 _PARSERS: dict[str, Callable[..., Any]] = {
     "prompt": parse_prompt,
     "sft": parse_sft,
     "preference": parse_preference,
+    "unpaired": parse_unpaired,
 }
 _FIELD_NAMES = {
     "prompt": ("prompt_field",),
     "sft": ("messages_field", "prompt_field", "completion_field"),
     "preference": ("prompt_field", "chosen_field", "rejected_field"),
+    "unpaired": ("prompt_field", "completion_field", "label_field"),
 }
 
 
@@ -234,18 +264,19 @@ def collect(items: Iterable[T | DataError], fn: Callable[[T], U], *,
     return result
 
 
-def load_examples(source: str | Path, shape: Literal["prompt", "sft", "preference"], *,
+def load_examples(source: str | Path, shape: Literal["prompt", "sft", "preference", "unpaired"], *,
                   on_bad_row: Literal["error", "skip"] = "error", split: str | None = None,
                   limit: int | None = None, **field_names: str) -> LoadedExamples:
     """Read `source` (see `read_records`) and parse every row as `shape`.
 
     Args:
-        shape: "prompt", "sft" or "preference".
+        shape: "prompt", "sft", "preference" or "unpaired" (KTO's labelled completions).
         on_bad_row: "error" raises the first `DataError`; "skip" drops bad rows and counts them.
         limit: stop after this many good examples.
         **field_names: column names, e.g. ``prompt_field="question"``; allowed per shape:
             prompt: prompt_field; sft: messages_field, prompt_field, completion_field;
-            preference: prompt_field, chosen_field, rejected_field.
+            preference: prompt_field, chosen_field, rejected_field;
+            unpaired: prompt_field, completion_field, label_field.
     """
     if shape not in _PARSERS:
         raise ValueError(f"unknown shape {shape!r}; expected one of {sorted(_PARSERS)}")

@@ -92,7 +92,7 @@ def tokenize_sft(example: SFTExample, tokenizer: Any, max_length: int) -> Tokeni
         ids, mask = _tokenize_conversation(messages, len(prompt), tokenizer, example)
     else:
         ids, mask = _tokenize_plain(example.prompt, example.completion, tokenizer)
-    _check_length(ids, max_length, example, None)
+    _check_length(ids, max_length, example, None, mask)
     return TokenizedExample(ids, mask)
 
 
@@ -110,7 +110,7 @@ def tokenize_preference(example: PreferenceExample, tokenizer: Any, max_length: 
             ids, mask = _tokenize_conversation(messages, len(prompt), tokenizer, example)
         else:
             ids, mask = _tokenize_plain(example.prompt, response, tokenizer)
-        _check_length(ids, max_length, example, name)
+        _check_length(ids, max_length, example, name, mask)
         sequences[name] = TokenizedExample(ids, mask)
     chosen, rejected = sequences["chosen"], sequences["rejected"]
     # Both share the prompt tokens up to the first masked (response) token.
@@ -170,7 +170,13 @@ def _tokenize_conversation(messages: list[Message], train_from: int, tokenizer: 
     return ids, mask
 
 
-def _check_length(ids: Sequence[int], max_length: int, example: Any, field: str | None) -> None:
+def _check_length(ids: Sequence[int], max_length: int, example: Any, field: str | None,
+                  mask: Sequence[int] | None = None) -> None:
     if len(ids) > max_length:
+        # Name the prompt when it alone leaves no room: shortening the response would not help.
+        prompt_tokens = list(mask).index(1) if mask is not None and 1 in mask else 0
+        if prompt_tokens >= max_length:
+            raise DataError(example.source, example.row, "prompt",
+                            f"{prompt_tokens} prompt tokens before the response, longer than max_length={max_length}")
         raise DataError(example.source, example.row, field,
                         f"{len(ids)} tokens, longer than max_length={max_length}")

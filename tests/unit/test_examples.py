@@ -8,12 +8,13 @@ from posttrain.cli import RECIPES, _recipe
 from posttrain.config import load_config
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[2].joinpath("examples").glob("*.yaml"))
-RECIPE_BY_PREFIX = {"sft": "sft", "rl": "rl", "demo": "demo"}
+RECIPE_BY_PREFIX = {"sft": "sft", "rl": "rl", "demo": "demo", "dpo": "dpo", "reward": "reward-model", "ppo": "rl"}
 
 
 def test_there_are_examples_for_each_recipe_command():
     prefixes = {path.name.split("_")[0].split(".")[0] for path in EXAMPLES}
-    assert set(RECIPES) <= prefixes, set(RECIPES) - prefixes
+    commands = {RECIPE_BY_PREFIX.get(prefix, prefix) for prefix in prefixes}
+    assert set(RECIPES) <= commands, set(RECIPES) - commands
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
