@@ -73,3 +73,22 @@ def evaluate_accuracy(
         generated_tokens=sum(len(c.token_ids) for c in completions),
         completions=texts,
     )
+
+
+def task_accuracy(engine, rows: Sequence[dict], prompt_ids: Sequence[Sequence[int]],
+                  reward_fn: Callable[..., float | None], eval_cfg, *, seed: int, ledger=None,
+                  n_params: int = 0) -> dict[str, float]:
+    """`eval/accuracy_greedy` and, when `eval_cfg.temperature` > 0, `eval/accuracy_sampled` on the
+    first `eval_cfg.num_samples` held-out prompts (an `EvalConfig`); generated tokens go to the
+    ledger's "eval" stage."""
+    rows, prompt_ids = rows[: eval_cfg.num_samples], prompt_ids[: eval_cfg.num_samples]
+    metrics: dict[str, float] = {}
+    settings = [("greedy", 0.0)] + ([("sampled", eval_cfg.temperature)] if eval_cfg.temperature > 0 else [])
+    for label, temperature in settings:
+        result = evaluate_accuracy(engine, rows, prompt_ids, reward_fn, max_new_tokens=eval_cfg.max_new_tokens,
+                                   temperature=temperature, seed=seed, samples_per_prompt=eval_cfg.samples_per_prompt)
+        metrics[f"eval/accuracy_{label}"] = result.accuracy
+        if ledger is not None:
+            ledger.record("eval", tokens=result.generated_tokens + sum(map(len, prompt_ids)), params=n_params)
+    metrics["eval/num_prompts"] = len(rows)
+    return metrics

@@ -40,7 +40,7 @@ from posttrain.config import (
 )
 from posttrain.data.tokenize import TokenizedExample
 from posttrain.engines.hf import HFEngine
-from posttrain.evaluation import evaluate_accuracy
+from posttrain.evaluation import task_accuracy
 from posttrain.models.loading import save_model
 from posttrain.plots import plot_metrics
 from posttrain.recipes.common import (
@@ -415,15 +415,6 @@ def evaluate_dpo(model, tokenizer, data: DPOData, ref: ReferenceCache | None,
             ledger.record("eval", tokens=forwarded, params=n_params)
         metrics.update(tally.metrics("eval", split.paired))
     if reward_fn is not None and data.eval_prompts:
-        rows = data.eval_prompts[: cfg.eval.num_samples]
-        prompt_ids = data.eval_prompt_ids[: cfg.eval.num_samples]
-        engine = HFEngine(model, tokenizer)
-        settings = [("greedy", 0.0)] + ([("sampled", cfg.eval.temperature)] if cfg.eval.temperature > 0 else [])
-        for label, temperature in settings:
-            result = evaluate_accuracy(engine, rows, prompt_ids, reward_fn, max_new_tokens=cfg.eval.max_new_tokens,
-                                       temperature=temperature, seed=cfg.run.seed,
-                                       samples_per_prompt=cfg.eval.samples_per_prompt)
-            metrics[f"eval/accuracy_{label}"] = result.accuracy
-            ledger.record("eval", tokens=result.generated_tokens + sum(map(len, prompt_ids)), params=n_params)
-        metrics["eval/num_prompts"] = len(rows)
+        metrics.update(task_accuracy(HFEngine(model, tokenizer), data.eval_prompts, data.eval_prompt_ids, reward_fn,
+                                     cfg.eval, seed=cfg.run.seed, ledger=ledger, n_params=n_params))
     return metrics

@@ -21,7 +21,7 @@ from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require, to_dict
 from posttrain.data.collate import pad_batch
 from posttrain.engines.hf import HFEngine
-from posttrain.evaluation import evaluate_accuracy
+from posttrain.evaluation import task_accuracy
 from posttrain.models.loading import save_model
 from posttrain.plots import plot_metrics
 from posttrain.recipes.common import (
@@ -200,15 +200,6 @@ def evaluate_sft(model, tokenizer, data: SFTData, cfg: SFTConfig, reward_fn, led
         metrics["eval/loss"] = total / max(targets, 1)
         ledger.record("eval", tokens=tokens, params=n_params)
     if reward_fn is not None and data.eval_prompts:
-        rows = data.eval_prompts[: cfg.eval.num_samples]
-        prompt_ids = data.eval_prompt_ids[: cfg.eval.num_samples]
-        engine = HFEngine(model, tokenizer)
-        settings = [("greedy", 0.0)] + ([("sampled", cfg.eval.temperature)] if cfg.eval.temperature > 0 else [])
-        for label, temperature in settings:
-            result = evaluate_accuracy(engine, rows, prompt_ids, reward_fn, max_new_tokens=cfg.eval.max_new_tokens,
-                                       temperature=temperature, seed=cfg.run.seed,
-                                       samples_per_prompt=cfg.eval.samples_per_prompt)
-            metrics[f"eval/accuracy_{label}"] = result.accuracy
-            ledger.record("eval", tokens=result.generated_tokens + sum(map(len, prompt_ids)), params=n_params)
-        metrics["eval/num_prompts"] = len(rows)
+        metrics.update(task_accuracy(HFEngine(model, tokenizer), data.eval_prompts, data.eval_prompt_ids, reward_fn,
+                                     cfg.eval, seed=cfg.run.seed, ledger=ledger, n_params=n_params))
     return metrics
