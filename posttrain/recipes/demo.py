@@ -35,13 +35,14 @@ class DemoConfig:
     # probability on such answers, so greedy decoding is right far more often than sampling at
     # T = 1; RL against the exact verifier takes that probability away. Measured on 2 cores:
     # 800 steps at 0.3 noise -> 42 % greedy, 21.5 % sampled; without noise SFT reaches ~99 %.
+    # 600 DAPO steps then reach 51.5 % / 47.5 % (400 steps: 45 % / 35 %); ~3.7 min on 2 cores.
     sft_steps: int = 800
     sft_lr: float = 3e-3
     sft_label_noise: float = 0.3
     sequences_per_step: int = 32
     eval_samples: int = 200
     max_operand: int = 49
-    rl_steps: int = 400
+    rl_steps: int = 600
     rl_lr: float = 2e-4
     rl_algorithm: str = "dapo"
     prompts_per_step: int = 16
