@@ -303,3 +303,17 @@ def require(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless condition holds (for `validate` methods)."""
     if not condition:
         raise ConfigError(message)
+
+
+def require_offline_schedule(cfg: Any, per_step_field: str) -> None:
+    """The checks every offline recipe (SFT, DPO, reward model) shares: positive steps, a per-step
+    count (named `per_step_field`, e.g. "sequences_per_step") that `micro_batch_size` divides, a
+    positive learning rate and a held-out fraction in [0, 1)."""
+    per_step = getattr(cfg, per_step_field)
+    require(cfg.steps > 0, f"steps must be > 0, got {cfg.steps}")
+    require(per_step > 0, f"{per_step_field} must be > 0")
+    require(cfg.micro_batch_size > 0, "micro_batch_size must be > 0")
+    require(per_step % cfg.micro_batch_size == 0,
+            f"{per_step_field} ({per_step}) must be a multiple of micro_batch_size ({cfg.micro_batch_size})")
+    require(cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}")
+    require(0 <= cfg.data.eval_fraction < 1, "data.eval_fraction must be in [0, 1)")

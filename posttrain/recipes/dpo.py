@@ -36,7 +36,8 @@ from posttrain.algorithms.preference import (
 )
 from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.config import (
-    ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require, to_dict,
+    ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require, require_offline_schedule,
+    to_dict,
 )
 from posttrain.data.tokenize import TokenizedExample
 from posttrain.engines.hf import HFEngine
@@ -115,16 +116,9 @@ class DPOConfig:
     sft_weight: float = 0.0
 
     def validate(self) -> None:
-        require(self.steps > 0, f"steps must be > 0, got {self.steps}")
-        require(self.examples_per_step > 0, "examples_per_step must be > 0")
-        require(self.micro_batch_size > 0, "micro_batch_size must be > 0")
+        require_offline_schedule(self, "examples_per_step")
         require(self.inference_batch_size > 0, "inference_batch_size must be > 0")
-        require(self.examples_per_step % self.micro_batch_size == 0,
-                f"examples_per_step ({self.examples_per_step}) must be a multiple of micro_batch_size "
-                f"({self.micro_batch_size})")
         require(self.sft_weight >= 0, f"sft_weight must be >= 0, got {self.sft_weight}")
-        require(self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}")
-        require(0 <= self.data.eval_fraction < 1, "data.eval_fraction must be in [0, 1)")
         self.loss.resolve()
 
 

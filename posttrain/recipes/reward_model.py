@@ -23,7 +23,7 @@ import torch
 
 from posttrain.algorithms.reward_model import bradley_terry_loss
 from posttrain.compute import ComputeLedger, matmul_params
-from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, require, to_dict
+from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, require, require_offline_schedule, to_dict
 from posttrain.data.collate import pad_preference_batch
 from posttrain.data.tokenize import TokenizedPair
 from posttrain.models.loading import LoraSettings, load_tokenizer, resolve_device, save_model
@@ -54,15 +54,8 @@ class RewardModelConfig:
     centering_coef: float = 0.0
 
     def validate(self) -> None:
-        require(self.steps > 0, f"steps must be > 0, got {self.steps}")
-        require(self.pairs_per_step > 0, "pairs_per_step must be > 0")
-        require(self.micro_batch_size > 0, "micro_batch_size must be > 0")
-        require(self.pairs_per_step % self.micro_batch_size == 0,
-                f"pairs_per_step ({self.pairs_per_step}) must be a multiple of micro_batch_size "
-                f"({self.micro_batch_size})")
-        require(self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}")
+        require_offline_schedule(self, "pairs_per_step")
         require(self.centering_coef >= 0, f"centering_coef must be >= 0, got {self.centering_coef}")
-        require(0 <= self.data.eval_fraction < 1, "data.eval_fraction must be in [0, 1)")
 
 
 def load_reward_model(cfg: ModelConfig):

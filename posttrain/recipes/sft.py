@@ -18,7 +18,9 @@ import torch
 
 from posttrain.algorithms.sft import sft_loss
 from posttrain.compute import ComputeLedger, matmul_params
-from posttrain.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require, to_dict
+from posttrain.config import (
+    DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require, require_offline_schedule, to_dict,
+)
 from posttrain.data.collate import pad_batch
 from posttrain.engines.hf import HFEngine
 from posttrain.evaluation import task_accuracy
@@ -47,16 +49,7 @@ class SFTConfig:
     micro_batch_size: int = 32
 
     def validate(self) -> None:
-        require(self.steps > 0, f"steps must be > 0, got {self.steps}")
-        require(self.sequences_per_step > 0, "sequences_per_step must be > 0")
-        require(self.micro_batch_size > 0, "micro_batch_size must be > 0")
-        require(
-            self.sequences_per_step % self.micro_batch_size == 0,
-            f"sequences_per_step ({self.sequences_per_step}) must be a multiple of micro_batch_size "
-            f"({self.micro_batch_size})",
-        )
-        require(self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}")
-        require(0 <= self.data.eval_fraction < 1, "data.eval_fraction must be in [0, 1)")
+        require_offline_schedule(self, "sequences_per_step")
 
 
 def step_indices(step: int, *, per_step: int, num_examples: int, seed: int) -> list[int]:
