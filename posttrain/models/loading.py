@@ -7,6 +7,7 @@ and ``save_model`` writes the standard safetensors layout that transformers and 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import re
 import warnings
@@ -254,3 +255,13 @@ def save_model(model: torch.nn.Module, tokenizer: Any, out_dir: str | Path, *, m
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (tied weights counted once); only ``requires_grad`` ones if ``trainable_only``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (Llama, Qwen2, Mistral, ... in recent
+    transformers: an int keeps the last positions, a boolean (B, T) mask the marked ones), so a
+    caller can skip the LM head on positions whose logits it never reads. Looks through a peft
+    wrapper, and through a module that holds one as `peft_model` (the RL reference with adapters off)."""
+    base = getattr(model, "peft_model", model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return "logits_to_keep" in inspect.signature(base.forward).parameters

@@ -18,20 +18,13 @@ tokens of a step; on long-response data the saving is smaller. Models whose forw
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 
 from posttrain.data.collate import pad_batch, pad_sequences
 from posttrain.data.tokenize import TokenizedExample
-
-
-def keeps_masked_logits(model) -> bool:
-    """Whether the (unwrapped) model's forward takes `logits_to_keep` (transformers 5 reads a
-    boolean (B, T) mask there as "project these positions only")."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+# Imported under this module's name so a test can stand in a model without the option.
+from posttrain.models.loading import accepts_logits_to_keep as keeps_masked_logits
 
 
 def checkpoints_activations(model) -> bool:

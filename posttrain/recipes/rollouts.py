@@ -7,7 +7,6 @@ response mask on that axis is `response_mask[:, 1:]` (DESIGN.md: "shift logits b
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +14,7 @@ import torch
 from posttrain.algorithms.entropy import entropy_from_logits
 from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.engines.base import Completion
+from posttrain.models.loading import accepts_logits_to_keep
 
 
 @dataclass
@@ -80,7 +80,7 @@ def forward_logprobs(model, batch: RolloutBatch, index: slice | torch.Tensor, te
     attention = batch.attention_mask[index]
     device = next(model.parameters()).device
     first = _first_response_position(batch.mask[index])
-    kwargs = {"logits_to_keep": input_ids.shape[1] - first} if first and _accepts_logits_to_keep(model) else {}
+    kwargs = {"logits_to_keep": input_ids.shape[1] - first} if first and accepts_logits_to_keep(model) else {}
     if not kwargs:
         first = 0
     logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs).logits
@@ -101,18 +101,6 @@ def _first_response_position(mask: torch.Tensor) -> int:
     """The earliest column of the shifted axis that predicts a response token (0 if none)."""
     columns = torch.nonzero(mask.sum(0)).flatten()
     return int(columns[0]) if columns.numel() else 0
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    """True when the (base) model's forward takes `logits_to_keep` (Llama, Qwen2, Mistral, ... in
-    transformers >= 4.50); others get full logits."""
-    base = getattr(model, "peft_model", model)  # rl._AdapterDisabled wraps a peft model
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    cached = getattr(base, "_posttrain_logits_to_keep", None)
-    if cached is None:
-        cached = "logits_to_keep" in inspect.signature(base.forward).parameters
-        base._posttrain_logits_to_keep = cached
-    return cached
 
 
 @torch.no_grad()

@@ -81,3 +81,28 @@ def test_forward_logprobs_on_response_positions_matches_the_full_logits():
     assert_close(logp[mask], token_logprobs(full, batch.input_ids, 0.7)[mask])
     assert_close(entropy[mask], entropy_from_logits(full, 0.7)[mask])
     assert logp[:, :2].abs().sum() == 0  # prompt-only columns are never computed
+
+
+def test_accepts_logits_to_keep_looks_through_wrappers():
+    from posttrain.config import ModelConfig
+    from posttrain.models.loading import accepts_logits_to_keep
+    from posttrain.recipes.common import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(ModelConfig(device="cpu"))
+    assert accepts_logits_to_keep(model)
+
+    class Holder(torch.nn.Module):  # like rl's reference wrapper: the model sits in `peft_model`
+        def __init__(self, inner):
+            super().__init__()
+            self.peft_model = inner
+
+        def forward(self, **kwargs):
+            return self.peft_model(**kwargs)
+
+    assert accepts_logits_to_keep(Holder(model))
+
+    class Plain(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids
+
+    assert not accepts_logits_to_keep(Plain())
