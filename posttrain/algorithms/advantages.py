@@ -1,7 +1,8 @@
 """Advantage estimators: pure functions from rewards (and values) to advantages.
 
-Shapes: B sequences, T response tokens, G samples per prompt. Group-based estimators expect
-the B = P·G rewards grouped consecutively: rows [0, G) answer prompt 0, rows [G, 2G) prompt 1…
+Shapes: B sequences, T response tokens, G samples per prompt. Group-based estimators take the
+groups either as G (rows [0, G) answer prompt 0, rows [G, 2G) prompt 1…) or as (B,) group ids
+in any row order (`GroupLayout`), so filtered, refilled or shuffled batches keep their groups.
 `mask` (B, T) marks response tokens; means, stds and token counts use valid tokens only.
 All outputs are detached: advantages are targets, never something to differentiate.
 
@@ -18,29 +19,81 @@ which the std division would blow up to ~0.03), so such groups are zeroed explic
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 
 from posttrain.algorithms.masked import check_mask, masked_fill_zero, masked_mean, masked_var
 
 
-def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(B,) rewards -> (P, G) float view, after validating shape, group size and finiteness."""
+Groups = Union[int, torch.Tensor]  # G (rows grouped consecutively, G per group) or (B,) group ids
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """How the B rows of a batch form groups: `view` gives the (P, G) matrix of a per-row
+    quantity, `unview` puts a (P, G) result back in row order.
+
+    Built from a group size G (rows [0, G) are group 0, ...) or from (B,) group ids in any order
+    (rows with the same id form a group; order within a group is kept). Every group must have
+    the same size G >= 2, which is what group baselines assume.
+    """
+
+    size: int
+    order: torch.Tensor | None = None  # row permutation making groups contiguous; None = already are
+
+    @classmethod
+    def of(cls, groups, num_rows: int) -> "GroupLayout":
+        if isinstance(groups, torch.Tensor):
+            return cls._from_ids(groups, num_rows)
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 2:
+            raise ValueError(
+                f"group_size (samples per prompt) must be an int >= 2 for a group baseline, got {groups!r}"
+            )
+        if num_rows % groups != 0:
+            raise ValueError(
+                f"rewards has {num_rows} entries, not a multiple of group_size={groups}; "
+                "expected prompts_per_step * samples_per_prompt rewards, grouped consecutively"
+            )
+        return cls(groups)
+
+    @classmethod
+    def _from_ids(cls, ids: torch.Tensor, num_rows: int) -> "GroupLayout":
+        if ids.dim() != 1 or ids.numel() != num_rows:
+            raise ValueError(f"group_ids must have shape ({num_rows},), got {tuple(ids.shape)}")
+        _, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+        if counts.numel() and int(counts.min()) != int(counts.max()):
+            raise ValueError(f"groups must all have the same size for a group baseline; sizes range from "
+                             f"{int(counts.min())} to {int(counts.max())}")
+        size = int(counts[0]) if counts.numel() else 2
+        if size < 2:
+            raise ValueError("every group needs >= 2 samples for a group baseline; each group id occurs once")
+        order = torch.sort(inverse, stable=True).indices
+        contiguous = bool((order == torch.arange(num_rows)).all())
+        return cls(size, None if contiguous else order)
+
+    def view(self, values: torch.Tensor) -> torch.Tensor:
+        rows = values if self.order is None else values[self.order]
+        return rows.reshape(-1, self.size)
+
+    def unview(self, grouped: torch.Tensor) -> torch.Tensor:
+        flat = grouped.reshape(-1)
+        if self.order is None:
+            return flat
+        out = torch.empty_like(flat)
+        out[self.order] = flat
+        return out
+
+
+def _grouped(rewards: torch.Tensor, groups) -> tuple[torch.Tensor, GroupLayout]:
+    """(B,) rewards -> ((P, G) float matrix, layout), after validating shape, groups and finiteness."""
     if rewards.dim() != 1:
         raise ValueError(f"rewards must have shape (B,), got {tuple(rewards.shape)}")
-    if not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(
-            f"group_size (samples per prompt) must be an int >= 2 for a group baseline, got {group_size!r}"
-        )
-    if rewards.numel() % group_size != 0:
-        raise ValueError(
-            f"rewards has {rewards.numel()} entries, not a multiple of group_size={group_size}; "
-            "expected prompts_per_step * samples_per_prompt rewards, grouped consecutively"
-        )
+    layout = GroupLayout.of(groups, rewards.numel())
     bad = (~torch.isfinite(rewards)).nonzero().flatten()
     if bad.numel() > 0:
         raise ValueError(f"rewards must be finite; entry {int(bad[0])} is {float(rewards[bad[0]])}")
-    return rewards.detach().float().view(-1, group_size)
+    return layout.view(rewards.detach().float()), layout
 
 
 def _uniform_groups(grouped: torch.Tensor) -> torch.Tensor:
@@ -48,7 +101,7 @@ def _uniform_groups(grouped: torch.Tensor) -> torch.Tensor:
     return (grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True))
 
 
-def grpo_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def grpo_advantages(rewards: torch.Tensor, groups: Groups, *, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """Group-relative advantage (Shao et al. 2024, DeepSeekMath, "GRPO").
 
     A_i = (r_i − mean_group) / (std_group + eps), std = sample std (N − 1). With `scale=False`
@@ -56,8 +109,8 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = Tru
     (Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective").
 
     Args:
-        rewards: (B,) one scalar reward per sequence, B = P·G grouped consecutively.
-        group_size: G ≥ 2.
+        rewards: (B,) one scalar reward per sequence, B = P·G.
+        groups: G ≥ 2 (rows grouped consecutively), or (B,) group ids (see `GroupLayout`).
         scale: divide by the group std (GRPO) or not (Dr. GRPO).
         eps: added to the std so a near-uniform group does not divide by ~0.
 
@@ -65,35 +118,35 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = Tru
         (B,) per-sequence advantage (broadcast it over the sequence's tokens); exactly 0 for
         groups with identical rewards.
     """
-    r = _grouped(rewards, group_size)
+    r, layout = _grouped(rewards, groups)
     adv = r - r.mean(dim=1, keepdim=True)
     if scale:
         adv = adv / (r.std(dim=1, keepdim=True) + eps)
     adv = torch.where(_uniform_groups(r), torch.zeros_like(adv), adv)
-    return adv.reshape(-1)
+    return layout.unview(adv)
 
 
-def dr_grpo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+def dr_grpo_advantages(rewards: torch.Tensor, groups: Groups) -> torch.Tensor:
     """Dr. GRPO advantage A_i = r_i − mean_group (Liu et al. 2025). (B,) -> (B,)."""
-    return grpo_advantages(rewards, group_size, scale=False)
+    return grpo_advantages(rewards, groups, scale=False)
 
 
-def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+def rloo_advantages(rewards: torch.Tensor, groups: Groups) -> torch.Tensor:
     """REINFORCE leave-one-out (Ahmadian et al. 2024, "Back to Basics").
 
     A_i = r_i − mean_{j≠i} r_j = r_i − (Σ_j r_j − r_i)/(G − 1), which equals G/(G−1)·(r_i − mean):
     the baseline excludes the sample itself, so it is independent of r_i and unbiased.
 
     Args:
-        rewards: (B,) grouped consecutively; group_size G ≥ 2.
+        rewards: (B,); groups: G ≥ 2 (grouped consecutively) or (B,) group ids.
 
     Returns:
         (B,) per-sequence advantage; exactly 0 for groups with identical rewards.
     """
-    r = _grouped(rewards, group_size)
-    baseline = (r.sum(dim=1, keepdim=True) - r) / (group_size - 1)
+    r, layout = _grouped(rewards, groups)
+    baseline = (r.sum(dim=1, keepdim=True) - r) / (layout.size - 1)
     adv = torch.where(_uniform_groups(r), torch.zeros_like(r), r - baseline)
-    return adv.reshape(-1)
+    return layout.unview(adv)
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
@@ -216,7 +269,7 @@ def reinforce_pp_advantages(
     kl: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     gamma: float = 1.0,
-    group_size: int | None = None,
+    groups: Groups | None = None,
 ) -> torch.Tensor:
     """REINFORCE++ (Hu et al. 2025, "REINFORCE++: Stabilizing Critic-Free Policy Optimization
     with Global Advantage Normalization", arXiv 2501.03262).
@@ -225,25 +278,25 @@ def reinforce_pp_advantages(
     G whitened over *all valid tokens of the batch* (global, not per group). With γ = 1 this is
     A_t = r − β Σ_{k≥t} KL_k before whitening, the paper's eq. for the token-level advantage.
 
-    With `group_size` set, this is "REINFORCE++ w/ baseline": the group mean reward is
+    With `groups` set, this is "REINFORCE++ w/ baseline": the group mean reward is
     subtracted from each reward first (KL is not part of the baseline), then the same return
     and global whitening follow. The paper pairs that variant with a k2 KL *loss* instead of
     KL in the reward; pass `kl=None` for that.
 
     Args:
-        rewards: (B,) sequence rewards (grouped consecutively when group_size is set).
+        rewards: (B,) sequence rewards.
         mask: (B, T) response mask.
         kl: optional (B, T) per-token KL estimate (the paper: k1 of old policy vs reference).
         kl_coef: β. gamma: discount.
-        group_size: G for the baseline variant; None for plain REINFORCE++.
+        groups: G or (B,) group ids for the baseline variant; None for plain REINFORCE++.
 
     Returns:
         (B, T) detached per-token advantages, 0 at masked positions.
     """
-    if group_size is not None:
-        r = _grouped(rewards, group_size)
+    if groups is not None:
+        r, layout = _grouped(rewards, groups)
         centred = torch.where(_uniform_groups(r), torch.zeros_like(r), r - r.mean(dim=1, keepdim=True))
-        rewards = centred.reshape(-1)
+        rewards = layout.unview(centred)
     token_rewards = sequence_to_token_rewards(rewards, mask, kl, kl_coef)
     return whiten(reward_to_go(token_rewards, mask, gamma), mask)
 
@@ -251,14 +304,14 @@ def reinforce_pp_advantages(
 def reinforce_pp_baseline_advantages(
     rewards: torch.Tensor,
     mask: torch.Tensor,
-    group_size: int,
+    groups: Groups,
     *,
     kl: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     gamma: float = 1.0,
 ) -> torch.Tensor:
     """REINFORCE++ w/ baseline: subtract the group mean reward, then whiten globally. (B, T)."""
-    return reinforce_pp_advantages(rewards, mask, kl=kl, kl_coef=kl_coef, gamma=gamma, group_size=group_size)
+    return reinforce_pp_advantages(rewards, mask, kl=kl, kl_coef=kl_coef, gamma=gamma, groups=groups)
 
 
 @dataclass(frozen=True)
@@ -272,9 +325,9 @@ class GroupStats:
     reward_std_within_group: float  # mean over groups of the sample std of the group's rewards
 
 
-def group_stats(rewards: torch.Tensor, group_size: int) -> GroupStats:
+def group_stats(rewards: torch.Tensor, groups: Groups) -> GroupStats:
     """Summarise (B,) grouped rewards; see `GroupStats`."""
-    r = _grouped(rewards, group_size)
+    r, _ = _grouped(rewards, groups)
     uniform = _uniform_groups(r).flatten()
     return GroupStats(
         num_groups=r.shape[0],
@@ -285,11 +338,11 @@ def group_stats(rewards: torch.Tensor, group_size: int) -> GroupStats:
     )
 
 
-def keep_mask_for_informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+def keep_mask_for_informative_groups(rewards: torch.Tensor, groups: Groups) -> torch.Tensor:
     """(B,) bool: True for every sample of a group whose rewards are not all equal.
 
     DAPO's dynamic sampling (Yu et al. 2025) drops the other groups (all right or all wrong:
     zero advantage, no gradient) and keeps sampling until the batch is full of informative ones.
     """
-    r = _grouped(rewards, group_size)
-    return (~_uniform_groups(r)).expand_as(r).reshape(-1)
+    r, layout = _grouped(rewards, groups)
+    return layout.unview((~_uniform_groups(r)).expand_as(r))

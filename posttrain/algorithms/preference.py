@@ -48,7 +48,7 @@ from typing import Any, Mapping, Protocol
 import torch
 import torch.nn.functional as F
 
-from posttrain.import_path import is_import_path, resolve_import_path
+from posttrain.import_path import lookup
 
 
 @dataclass(frozen=True)
@@ -361,19 +361,7 @@ PREFERENCE_LOSSES: dict[str, PreferenceLossSpec] = {
 
 def get_preference_loss(name: str) -> PreferenceLossSpec:
     """The spec for a registered name, or for "pkg.module:attr" naming a `PreferenceLossSpec`."""
-    if not isinstance(name, str):
-        raise ValueError(f"preference loss name must be a string, got {name!r}")
-    if is_import_path(name):
-        target: Any = resolve_import_path(name, "preference loss")
-        if not isinstance(target, PreferenceLossSpec):
-            raise ValueError(f"preference loss {name!r} must name a PreferenceLossSpec (fn + what it needs), "
-                             f"got {type(target).__name__}")
-        return target
-    try:
-        return PREFERENCE_LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown preference loss {name!r}; valid names: {sorted(PREFERENCE_LOSSES)} "
-                         "(or an import path 'pkg.module:SPEC')") from None
+    return lookup(PREFERENCE_LOSSES, name, "preference loss", expect=PreferenceLossSpec)
 
 
 def register_preference_loss(name: str, spec: PreferenceLossSpec, *, overwrite: bool = False) -> PreferenceLossSpec:

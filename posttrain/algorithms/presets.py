@@ -105,7 +105,7 @@ ALGORITHM_PRESETS: dict[str, AlgorithmPreset] = {
     # the score added at the last response token, clip 0.2, token-mean loss. β is fixed unless
     # kl_target is set (adaptive, horizon 10 000 as in Ziegler et al.'s code). λ = 0.95 and
     # β = 0.05 are ours (InstructGPT used β = 0.02 on 1.3B–175B models). The critic's settings
-    # (init, vf_coef, value clip) live in the config's `critic` section. Loop: recipes/ppo.py.
+    # (init, vf_coef, value clip) live in the config's `critic` section. Loop: recipes/rl/ppo.py.
     "ppo": AlgorithmPreset(
         advantage="gae", policy_loss="ppo_clip", aggregation="token-mean",
         eps_low=0.2, eps_high=0.2, kl_coef=0.05, kl_estimator="k1", kl_placement="reward",

@@ -31,7 +31,7 @@ import torch
 
 from posttrain.algorithms import advantages as adv
 from posttrain.algorithms.aggregation import AGGREGATIONS, Aggregation
-from posttrain.import_path import is_import_path, resolve_import_path
+from posttrain.import_path import lookup
 from posttrain.algorithms.kl import KL_ESTIMATORS, KLEstimator
 from posttrain.algorithms.masked import check_mask, masked_fill_zero, masked_sum
 from posttrain.algorithms.policy_loss import PolicyLossOutput, gspo_loss, ppo_clip_loss
@@ -42,8 +42,10 @@ from posttrain.algorithms.presets import ALGORITHM_PRESETS, AlgorithmPreset, get
 class AdvantageInputs:
     """Everything an advantage estimator may need. B sequences, T response tokens.
 
-    rewards: (B,) one scalar per sequence (grouped consecutively, group_size per prompt).
+    rewards: (B,) one scalar per sequence.
     mask: (B, T) response mask.
+    group_ids: (B,) the group (prompt) of each sequence, in any row order; group estimators
+        group by these. When None, rows are grouped consecutively, `group_size` per group.
     group_size: samples per prompt G (group estimators need G >= 2).
     values: (B, T) critic values at rollout time (GAE only).
     kl: (B, T) per-token KL estimate between the sampling policy and the reference, to be
@@ -54,11 +56,17 @@ class AdvantageInputs:
     rewards: torch.Tensor
     mask: torch.Tensor
     group_size: int = 1
+    group_ids: torch.Tensor | None = None
     values: torch.Tensor | None = None
     kl: torch.Tensor | None = None
     kl_coef: float = 0.0
     gamma: float = 1.0
     lam: float = 0.95
+
+
+    @property
+    def groups(self) -> adv.Groups:
+        return self.group_ids if self.group_ids is not None else self.group_size
 
 
 @dataclass(frozen=True)
@@ -102,17 +110,17 @@ def _per_token(sequence_advantages: torch.Tensor, mask: torch.Tensor) -> torch.T
 
 
 def _grpo(inputs: AdvantageInputs) -> AdvantageOutput:
-    a = adv.grpo_advantages(_sequence_rewards_with_kl(inputs), inputs.group_size, scale=True)
+    a = adv.grpo_advantages(_sequence_rewards_with_kl(inputs), inputs.groups, scale=True)
     return AdvantageOutput(_per_token(a, inputs.mask))
 
 
 def _dr_grpo(inputs: AdvantageInputs) -> AdvantageOutput:
-    a = adv.dr_grpo_advantages(_sequence_rewards_with_kl(inputs), inputs.group_size)
+    a = adv.dr_grpo_advantages(_sequence_rewards_with_kl(inputs), inputs.groups)
     return AdvantageOutput(_per_token(a, inputs.mask))
 
 
 def _rloo(inputs: AdvantageInputs) -> AdvantageOutput:
-    a = adv.rloo_advantages(_sequence_rewards_with_kl(inputs), inputs.group_size)
+    a = adv.rloo_advantages(_sequence_rewards_with_kl(inputs), inputs.groups)
     return AdvantageOutput(_per_token(a, inputs.mask))
 
 
@@ -125,7 +133,7 @@ def _reinforce_pp(inputs: AdvantageInputs) -> AdvantageOutput:
 
 def _reinforce_pp_baseline(inputs: AdvantageInputs) -> AdvantageOutput:
     a = adv.reinforce_pp_baseline_advantages(
-        inputs.rewards, inputs.mask, inputs.group_size, kl=inputs.kl, kl_coef=inputs.kl_coef, gamma=inputs.gamma
+        inputs.rewards, inputs.mask, inputs.groups, kl=inputs.kl, kl_coef=inputs.kl_coef, gamma=inputs.gamma
     )
     return AdvantageOutput(a)
 
@@ -153,19 +161,6 @@ POLICY_LOSSES: dict[str, PolicyLoss] = {"ppo_clip": ppo_clip_loss, "gspo": gspo_
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _lookup(table: dict[str, Any], name: str, kind: str) -> Any:
-    if not isinstance(name, str):
-        raise ValueError(f"{kind} name must be a string, got {name!r}")
-    if is_import_path(name):
-        return resolve_import_path(name, kind)
-    try:
-        return table[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown {kind} {name!r}; valid names: {sorted(table)} (or an import path 'pkg.module:function')"
-        ) from None
-
-
 def _register(table: dict[str, Any], kind: str, name: str, overwrite: bool) -> Callable[[F], F]:
     if not isinstance(name, str) or not name or ":" in name:
         raise ValueError(f"{kind} name must be a non-empty string without ':', got {name!r}")
@@ -183,19 +178,19 @@ def _register(table: dict[str, Any], kind: str, name: str, overwrite: bool) -> C
 
 def get_advantage_estimator(name: str) -> AdvantageEstimator:
     """Estimator for a config name or "pkg.module:function"; ValueError listing valid names."""
-    return _lookup(ADVANTAGE_ESTIMATORS, name, "advantage estimator")
+    return lookup(ADVANTAGE_ESTIMATORS, name, "advantage estimator")
 
 
 def get_policy_loss(name: str) -> PolicyLoss:
-    return _lookup(POLICY_LOSSES, name, "policy loss")
+    return lookup(POLICY_LOSSES, name, "policy loss")
 
 
 def get_kl_estimator(name: str) -> KLEstimator:
-    return _lookup(KL_ESTIMATORS, name, "KL estimator")
+    return lookup(KL_ESTIMATORS, name, "KL estimator")
 
 
 def get_aggregation(name: str) -> Aggregation:
-    return _lookup(AGGREGATIONS, name, "aggregation")
+    return lookup(AGGREGATIONS, name, "aggregation")
 
 
 def register_advantage_estimator(name: str, *, overwrite: bool = False) -> Callable[[F], F]:

@@ -5,6 +5,7 @@ The loop does three things with an engine::
     completions = engine.generate(prompt_ids, sampling)   # sample
     ...train on completions...
     engine.load_weights(policy)                           # sync the new weights
+    engine.shares_weights(policy)                         # same parameters? (then no sync is needed)
     engine.close()                                        # at the end of the run
 
 Records are plain dataclasses of ints, floats and strings so they cross process boundaries
@@ -131,6 +132,13 @@ class Engine(Protocol):
 
     def load_weights(self, source: nn.Module | Mapping[str, torch.Tensor]) -> None:
         """Make the engine sample from ``source``'s weights (a module or a state dict)."""
+        ...
+
+    def shares_weights(self, model: nn.Module) -> bool:
+        """Whether the engine samples from ``model``'s very parameters (an in-process engine over
+        the trained module). When it does not (a copy, another process, vLLM), the sampler's
+        log-probs are the old log-probs of the update, and their gap to the trainer's is the
+        health check of the weight sync."""
         ...
 
     def close(self) -> None:

@@ -34,6 +34,7 @@ from transformers import DynamicCache
 from posttrain.engines.base import Completion, SamplingParams, validate_prompt_ids
 from posttrain.engines.kv_cache import decode_cache, drop_leading_columns, supports_column_drop
 from posttrain.engines.sampling import select_next_tokens
+from posttrain.models.device import model_device
 
 __all__ = ["HFEngine"]
 
@@ -92,7 +93,7 @@ class HFEngine:
         config = getattr(self.model, "config", None)
         prompts = validate_prompt_ids(prompt_ids, getattr(config, "vocab_size", None))
         stop_ids = self._stop_ids(sampling)
-        device = _device_of(self.model)
+        device = model_device(self.model)
         # seed=None follows the global RNG, so torch.manual_seed still makes a whole run reproducible.
         seed = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -125,6 +126,11 @@ class HFEngine:
         }
         return results
 
+    def shares_weights(self, model: nn.Module) -> bool:
+        """True when the engine samples from ``model``'s own parameters (it is, or wraps, the
+        engine's module), so sampler and trainer log-probs differ only by float error."""
+        return model is self.model or any(module is self.model for module in model.modules())
+
     def load_weights(self, source: nn.Module | Mapping[str, torch.Tensor]) -> None:
         """Sample from ``source``'s weights from now on.
 
@@ -133,7 +139,7 @@ class HFEngine:
         Otherwise the state dict is copied in (strict: every key must match).
         """
         if isinstance(source, nn.Module):
-            if source is self.model or any(module is self.model for module in source.modules()):
+            if self.shares_weights(source):
                 return
             state = source.state_dict()
         elif isinstance(source, Mapping):
@@ -271,12 +277,6 @@ class HFEngine:
             if isinstance(value, int):
                 return value
         return 0
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from posttrain.data.collate import pad_batch, pad_sequences
 from posttrain.data.tokenize import TokenizedExample
+from posttrain.models.device import model_device
 # Imported under this module's name so a test can stand in a model without the option.
 from posttrain.models.loading import accepts_logits_to_keep as keeps_masked_logits
 
@@ -39,10 +40,6 @@ def shares_prompts(model) -> bool:
     return keeps_masked_logits(model) and not checkpoints_activations(model)
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _gather_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[target] per row of (K, V) logits, in float32."""
     logits = logits.float()
@@ -51,7 +48,7 @@ def _gather_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def sequence_logps(model, sequences: list[TokenizedExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs and response token counts, (N,) each, for N sequences."""
-    device = _device(model)
+    device = model_device(model)
     batch = {k: v.to(device) for k, v in pad_batch(sequences, pad_id).items()}
     input_ids = batch["input_ids"]
     scored = batch["loss_mask"][:, 1:].bool()  # (N, T-1): position t predicts token t + 1
@@ -80,7 +77,7 @@ def pair_logps(model, sequences: list[TokenizedExample], prompt_lengths: list[in
     if len(sequences) != 2 * pairs or len(prompt_lengths) != pairs:
         raise ValueError(f"pair_logps needs 2B sequences and B prompt lengths, got {len(sequences)} and "
                          f"{len(prompt_lengths)}")
-    device = _device(model)
+    device = model_device(model)
     # Interleave to (first, second) per pair: the order `batch_repeat_interleave(2)` gives the cache.
     order = [row for i in range(pairs) for row in (i, pairs + i)]
     prompts = [sequences[i].input_ids[: prompt_lengths[i]] for i in range(pairs)]

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from posttrain.config import ArithmeticConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require
 from posttrain.recipes import rl, sft
-from posttrain.recipes.rl_config import AlgorithmConfig, RLConfig, RolloutConfig
+from posttrain.recipes.rl.config import AlgorithmConfig, RLConfig, RolloutConfig
 
 
 @dataclasses.dataclass

@@ -12,27 +12,25 @@ Dividing every micro-batch by the whole step's token count makes gradient accumu
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
 
 from posttrain.algorithms.sft import sft_loss
 from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.config import (
-    DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require, require_offline_schedule, to_dict,
+    DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require, require_offline_schedule,
 )
 from posttrain.data.collate import pad_batch
-from posttrain.engines.hf import HFEngine
+from posttrain.engines.factory import build_engine
 from posttrain.evaluation import task_accuracy
-from posttrain.models.loading import save_model
-from posttrain.plots import plot_metrics
-from posttrain.recipes.common import (
-    build_optimizer, build_scheduler, checkpoint_if_due, load_model_and_tokenizer, model_device, resume_if_asked,
-    set_seed,
-)
+from posttrain.models.build import load_model_and_tokenizer
+from posttrain.models.device import model_device
 from posttrain.recipes.sft_data import SFTData, load_sft_data
 from posttrain.rewards import resolve_reward
-from posttrain.run import Run
+from posttrain.training.loop import TrainingLoop, set_seed, start_run
+from posttrain.training.modes import train_mode
+from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients
+from posttrain.training.order import step_indices
 
 
 @dataclasses.dataclass
@@ -52,31 +50,15 @@ class SFTConfig:
         require_offline_schedule(self, "sequences_per_step")
 
 
-def step_indices(step: int, *, per_step: int, num_examples: int, seed: int) -> list[int]:
-    """The example indices of an optimizer step: epoch e visits a permutation seeded by (seed, e).
-
-    A pure function of the step, so resuming needs no sampler state beyond the step number.
-    """
-    permutations: dict[int, list[int]] = {}  # a step spans at most a few epochs: one permutation each
-    indices = []
-    for position in range(step * per_step, (step + 1) * per_step):
-        epoch, offset = divmod(position, num_examples)
-        if epoch not in permutations:
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            permutations[epoch] = torch.randperm(num_examples, generator=generator).tolist()
-        indices.append(permutations[epoch][offset])
-    return indices
-
-
 def train(cfg: SFTConfig) -> dict:
     """Run SFT as configured; returns the summary also written to `summary.json`."""
-    started = time.time()
-    run = Run.start(cfg.run.output_dir, cfg.run.name, to_dict(cfg), resume=cfg.run.resume,
-                    overwrite=cfg.run.overwrite, report_to=cfg.run.report_to,
-                    wandb_project=cfg.run.wandb_project)
+    run = start_run(cfg)
     with run:
         set_seed(cfg.run.seed)
         model, tokenizer = load_model_and_tokenizer(cfg.model)
+        # Dropout stays as the model's config sets it: supervised targets are fixed, nothing compares
+        # two passes (unlike RL and DPO, whose recipes turn it off).
+        train_mode(model, dropout=True)
         device = model_device(model)
         data = load_sft_data(cfg.data, tokenizer, eval_cfg=cfg.eval, seed=cfg.run.seed, console=run.console)
         require(len(data.train) > 0, f"no usable training rows in {cfg.data.train}")
@@ -86,55 +68,29 @@ def train(cfg: SFTConfig) -> dict:
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
         ledger = ComputeLedger()
         n_params = matmul_params(model)
-        start_step, first_eval = resume_if_asked(run, model=model, optimizer=optimizer, scheduler=scheduler,
-                                                 ledger=ledger)
 
-        def evaluate(step: int) -> dict:
-            with ledger.timed("eval"):
-                metrics = evaluate_sft(model, tokenizer, data, cfg, reward_fn, ledger, n_params)
-            run.log(step, metrics)
+        def evaluate() -> dict:
+            metrics = evaluate_sft(model, tokenizer, data, cfg, reward_fn, ledger, n_params)
+            train_mode(model, dropout=True)
             return metrics
 
-        if start_step == 0:
-            first_eval = evaluate(0)
-        model.train()
-        with run.progress(cfg.steps, initial=start_step, description="sft") as bar:
-            for step in range(start_step, cfg.steps):
-                with ledger.timed("sft"):
-                    metrics = accumulate_gradients(model, data, cfg, step, tokenizer.pad_token_id, device)
-                    metrics["train/grad_norm"] = clip_gradients(model, cfg.optim.max_grad_norm)
-                    run.check_finite(step + 1, metrics)  # before the update: a NaN never reaches the weights
-                    metrics["train/lr"] = apply_update(optimizer, scheduler)
-                    ledger.record("sft", tokens=metrics["train/tokens"], params=n_params, backward=True)
-                metrics.update(ledger.metrics())
-                if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.steps:
-                    run.log(step + 1, metrics)
-                bar.advance(loss=f"{metrics['train/loss']:.4f}")
-                if cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.steps:
-                    evaluate(step + 1)
-                    model.train()
-                checkpoint_if_due(run, cfg.run, step + 1, cfg.steps, model=model, optimizer=optimizer,
-                                  scheduler=scheduler, tokenizer=tokenizer, ledger=ledger, first_eval=first_eval)
+        def sft_step(step: int) -> dict:
+            with ledger.timed("sft"):
+                metrics = accumulate_gradients(model, data, cfg, step, tokenizer.pad_token_id, device)
+                metrics["train/grad_norm"] = clip_gradients(model, cfg.optim.max_grad_norm)
+                run.check_finite(step + 1, metrics)  # before the update: a NaN never reaches the weights
+                metrics["train/lr"] = apply_update(optimizer, scheduler)
+                ledger.record("sft", tokens=metrics["train/tokens"], params=n_params, backward=True)
+            return metrics
 
-        final_eval = evaluate(cfg.steps)
-        model_dir = save_model(model, tokenizer, run.model_dir)
-        plot = plot_metrics(run.metrics_path, ["train/loss", "eval/loss", "eval/accuracy_greedy",
-                                               "eval/accuracy_sampled"], run.dir / "sft_curves.png",
-                            title=f"SFT: {cfg.run.name}")
-        summary = {
-            "recipe": "sft",
-            "steps": cfg.steps,
-            "model_dir": str(model_dir),
-            "plot": str(plot),
-            "seconds": round(time.time() - started, 2),
-            "skipped_rows": data.skipped,
-            **{f"before/{k}": v for k, v in first_eval.items()},
-            **{f"after/{k}": v for k, v in final_eval.items()},
-            **ledger.metrics(),
-        }
-        run.write_summary(summary)
-        run.console.print(ledger.table())
-        return summary
+        loop = TrainingLoop(run, cfg.run, cfg.steps, model=model, optimizer=optimizer, scheduler=scheduler,
+                            ledger=ledger, tokenizer=tokenizer, evaluate=evaluate)
+        loop.resume()
+        loop.train(sft_step, description="sft", postfix=lambda m: {"loss": f"{m['train/loss']:.4f}"})
+        return loop.finish(
+            {"recipe": "sft", "steps": cfg.steps, "skipped_rows": data.skipped},
+            model=model, plot_name="sft_curves.png", title=f"SFT: {cfg.run.name}",
+            plot_keys=["train/loss", "eval/loss", "eval/accuracy_greedy", "eval/accuracy_sampled"])
 
 
 def accumulate_gradients(model, data: SFTData, cfg: SFTConfig, step: int, pad_id: int,
@@ -158,21 +114,6 @@ def accumulate_gradients(model, data: SFTData, cfg: SFTConfig, step: int, pad_id
     return {"train/loss": total_loss, "train/target_tokens": step_targets, "train/tokens": total_tokens}
 
 
-def clip_gradients(model, max_grad_norm: float) -> float:
-    """Clip the global gradient norm; returns the norm before clipping."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-
-
-def apply_update(optimizer, scheduler) -> float:
-    """Step the optimizer and the schedule, clear gradients; returns the learning rate used."""
-    lr = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return lr
-
-
 @torch.no_grad()
 def evaluate_sft(model, tokenizer, data: SFTData, cfg: SFTConfig, reward_fn, ledger: ComputeLedger,
                  n_params: int) -> dict:
@@ -193,6 +134,6 @@ def evaluate_sft(model, tokenizer, data: SFTData, cfg: SFTConfig, reward_fn, led
         metrics["eval/loss"] = total / max(targets, 1)
         ledger.record("eval", tokens=tokens, params=n_params)
     if reward_fn is not None and data.eval_prompts:
-        metrics.update(task_accuracy(HFEngine(model, tokenizer), data.eval_prompts, data.eval_prompt_ids, reward_fn,
+        metrics.update(task_accuracy(build_engine("hf", model, tokenizer), data.eval_prompts, data.eval_prompt_ids, reward_fn,
                                      cfg.eval, seed=cfg.run.seed, ledger=ledger, n_params=n_params))
     return metrics

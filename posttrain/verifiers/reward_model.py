@@ -23,6 +23,7 @@ import torch
 from posttrain.data.collate import pad_sequences
 from posttrain.data.examples import SFTExample
 from posttrain.data.tokenize import tokenize_sft
+from posttrain.models.device import model_device
 from posttrain.models.loading import load_tokenizer
 from posttrain.models.scalar_head import load_scalar_model, sequence_scores
 from posttrain.verifiers.workers import Outcome
@@ -63,7 +64,7 @@ class RewardModelScorer:
     @torch.no_grad()
     def score_ids(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """Scores of already-encoded sequences, `batch_size` at a time (right-padded)."""
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         pad_id = self.tokenizer.pad_token_id
         scores: list[float] = []
         for start in range(0, len(sequences), self.batch_size):

@@ -18,8 +18,9 @@ import torch
 
 from posttrain.config import load_config
 from posttrain.engines.base import Completion
+from posttrain.engines.factory import ENGINES
 from posttrain.recipes import rl
-from posttrain.recipes.rl_config import RLConfig
+from posttrain.recipes.rl.config import RLConfig
 from posttrain.verifiers.code import code_reward
 from posttrain.verifiers.sandbox import SandboxLimits
 
@@ -53,6 +54,9 @@ class ScriptedEngine:
     def load_weights(self, model) -> None:
         pass
 
+    def shares_weights(self, model) -> bool:
+        return False  # it does not sample from the model: its (scripted) log-probs are the old ones
+
     def close(self) -> None:
         pass
 
@@ -71,7 +75,7 @@ class ScriptedEngine:
 def test_rl_with_the_code_reward_survives_hostile_completions(tmp_path, monkeypatch):
     marker = Path("/tmp") / f"posttrain-escape-{uuid.uuid4().hex}"
     texts = [CORRECT] + hostile_snippets(marker)
-    monkeypatch.setattr(rl, "HFEngine", lambda model, tokenizer: ScriptedEngine(model, tokenizer, texts))
+    monkeypatch.setitem(ENGINES, "hf", lambda model, tokenizer: ScriptedEngine(model, tokenizer, texts))
     tests = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Write add(a, b), try {i}.", "tests": tests}) + "\n"
@@ -105,7 +109,7 @@ def test_rl_with_the_code_reward_survives_hostile_completions(tmp_path, monkeypa
 
 
 def _initial_weights(cfg: RLConfig) -> dict[str, torch.Tensor]:
-    from posttrain.recipes.common import load_model_and_tokenizer
+    from posttrain.models.build import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(cfg.model)
     return model.state_dict()

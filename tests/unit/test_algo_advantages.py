@@ -172,7 +172,7 @@ def test_reinforce_pp_baseline_hand_values():
     mask = torch.ones(4, 1)
     expected = torch.tensor([[1.4142136], [-1.4142136], [0.0], [0.0]])
     assert_close(reinforce_pp_baseline_advantages(rewards, mask, 2), expected)
-    assert_close(reinforce_pp_advantages(rewards, mask, group_size=2), expected)
+    assert_close(reinforce_pp_advantages(rewards, mask, groups=2), expected)
 
 
 def test_reinforce_pp_padding_values_do_not_matter():
@@ -181,8 +181,8 @@ def test_reinforce_pp_padding_values_do_not_matter():
     kl = torch.rand(4, 4)
     kl_garbage = torch.where(mask.bool(), kl, torch.full_like(kl, 1e4))
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0])
-    a = reinforce_pp_advantages(rewards, mask, kl=kl, kl_coef=0.1, group_size=2)
-    b = reinforce_pp_advantages(rewards, mask, kl=kl_garbage, kl_coef=0.1, group_size=2)
+    a = reinforce_pp_advantages(rewards, mask, kl=kl, kl_coef=0.1, groups=2)
+    b = reinforce_pp_advantages(rewards, mask, kl=kl_garbage, kl_coef=0.1, groups=2)
     assert_close(a, b)
     assert torch.equal(a[~mask.bool()], torch.zeros(int((~mask.bool()).sum())))
 

@@ -13,7 +13,7 @@ from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.config import DataConfig, EvalConfig
 from posttrain.data.readers import DataError
 from posttrain.data.tokenize import TokenizedExample, TokenizedPair
-from posttrain.recipes import dpo_logps
+from posttrain.models import sequence_logprobs as dpo_logps
 from posttrain.recipes.dpo_data import PreferenceSplit, load_dpo_data, mismatched_sequences
 
 CHATML = (

@@ -13,10 +13,11 @@ from posttrain.algorithms.value_loss import explained_variance
 from posttrain.compute import ComputeLedger
 from posttrain.config import ConfigError, load_config
 from posttrain.engines.base import Completion
-from posttrain.recipes.ppo import disable_dropout, kl_shaped_advantages
+from posttrain.recipes.rl.ppo import kl_shaped_advantages
 from posttrain.recipes.prompt_data import PromptSet
-from posttrain.recipes.rl import collect_rollouts
-from posttrain.recipes.rl_config import RLConfig
+from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
+from posttrain.recipes.rl.config import RLConfig
+from posttrain.training.modes import train_mode
 from posttrain.verifiers.combine import RewardRunner
 
 NAN = float("nan")
@@ -71,7 +72,7 @@ def test_explained_variance_by_hand():
     assert math.isnan(float(explained_variance(torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2))))
 
 
-def test_disable_dropout_survives_train_mode():
+def test_train_mode_without_dropout_survives_a_later_train_call():
     """A module with dropout 0.5 (nn.Dropout and an HF-style `attention_dropout` float) gives the
     same output twice, even after `.train()`."""
 
@@ -86,8 +87,8 @@ def test_disable_dropout_survives_train_mode():
     block, x = Block(), torch.ones(4, 8)
     block.train()
     assert not torch.equal(block(x), block(x))  # dropout really is on before
-    disable_dropout(block)
-    assert not block.training
+    train_mode(block, dropout=False)
+    assert block.training  # train mode: gradient checkpointing stays active
     block.train()
     assert torch.equal(block(x), block(x)) and block.drop.p == 0.0 and block.attention_dropout == 0.0
 
@@ -114,8 +115,8 @@ def test_missing_eos_penalty_is_subtracted_from_the_score_of_unfinished_response
     cfg = _rollout_cfg("rollout.samples_per_prompt=2", "micro_batch_size=4", "reward.missing_eos_penalty=1.0")
     prompts = PromptSet([{"prompt": "a"}, {"prompt": "b"}], [[1, 3], [1, 4]])
     with RewardRunner({"half": lambda prompt, completion, **row: 0.5}) as rewards:
-        batch, metrics = collect_rollouts(ScriptedEngine(), rewards, prompts, cfg, cfg.algorithm.resolve(), 0,
-                                          pad_id=0, ledger=ComputeLedger(), n_params=1)
+        batch, metrics = collect_rollouts(single_turn_round(ScriptedEngine(), rewards, ComputeLedger(), 1), prompts,
+                                          cfg, cfg.algorithm.resolve(), 0, pad_id=0)
     assert batch.rewards.tolist() == [0.5, -0.5, 0.5, -0.5]
     assert batch.truncated.tolist() == [False, True, False, True]
     assert metrics["rewards/total/mean"] == 0.5 and metrics["reward/mean"] == 0.0
@@ -125,8 +126,8 @@ def test_one_sample_per_prompt_is_fine_for_ppo():
     cfg = _rollout_cfg("rollout.samples_per_prompt=1")
     prompts = PromptSet([{"prompt": "a"}, {"prompt": "b"}], [[1, 3], [1, 4]])
     with RewardRunner({"one": lambda prompt, completion, **row: 1.0}) as rewards:
-        batch, metrics = collect_rollouts(ScriptedEngine(), rewards, prompts, cfg, cfg.algorithm.resolve(), 0,
-                                          pad_id=0, ledger=ComputeLedger(), n_params=1)
+        batch, metrics = collect_rollouts(single_turn_round(ScriptedEngine(), rewards, ComputeLedger(), 1), prompts,
+                                          cfg, cfg.algorithm.resolve(), 0, pad_id=0)
     assert batch.size == 2 and metrics["groups/zero_advantage_fraction"] == 0.0
 
 

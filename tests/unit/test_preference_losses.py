@@ -18,7 +18,7 @@ from posttrain.algorithms.preference import (
     ipo_loss, kto_kl_baseline, kto_loss, log_odds, orpo_loss, register_preference_loss, simpo_loss,
 )
 from posttrain.config import ConfigError
-from posttrain.recipes.dpo import DPOConfig, LossConfig
+from posttrain.recipes.preference.dpo import DPOConfig, LossConfig
 
 
 def softplus(x):

@@ -6,9 +6,9 @@ from torch.testing import assert_close
 
 from posttrain.config import ConfigError, load_config
 from posttrain.engines.base import Completion
-from posttrain.recipes.rl import _concat, _fill_unscorable
-from posttrain.recipes.rl_config import RLConfig
-from posttrain.recipes.rollouts import build_batch
+from posttrain.recipes.rl.batch import build_batch as build_sequence_batch, concat_batches, single_turn_sequence
+from posttrain.recipes.rl.config import RLConfig
+from posttrain.recipes.rl.rollouts import _fill_unscorable
 
 
 def test_algorithm_preset_with_user_overrides():
@@ -31,6 +31,12 @@ def test_inconsistent_rl_configs_fail_at_start(overrides, message):
         load_config(RLConfig, None, overrides)
 
 
+def build_batch(prompt_ids, completions, rewards, pad_id, group_size=1):
+    """Single-turn rollouts, `group_size` consecutive samples per prompt."""
+    sequences = [single_turn_sequence(p, c) for p, c in zip(prompt_ids, completions)]
+    return build_sequence_batch(sequences, rewards, [i // group_size for i in range(len(sequences))], pad_id)
+
+
 def completion(ids, finish="stop"):
     return Completion(prompt_index=0, token_ids=ids, logprobs=[-0.5] * len(ids), text="", finish_reason=finish)
 
@@ -50,14 +56,14 @@ def test_build_batch_masks_exactly_the_response_tokens_on_the_shifted_axis():
 
 def test_unscorable_reward_takes_its_group_mean():
     # Group 1: [1, None, 0] -> None becomes mean(1, 0) = 0.5; group 2 untouched.
-    batch = build_batch([[1]] * 6, [completion([2])] * 6, [1.0, None, 0.0, 0.0, 1.0, 1.0], pad_id=0)
-    assert_close(_fill_unscorable(batch, 3).rewards, torch.tensor([1.0, 0.5, 0.0, 0.0, 1.0, 1.0]))
+    batch = build_batch([[1]] * 6, [completion([2])] * 6, [1.0, None, 0.0, 0.0, 1.0, 1.0], pad_id=0, group_size=3)
+    assert_close(_fill_unscorable(batch).rewards, torch.tensor([1.0, 0.5, 0.0, 0.0, 1.0, 1.0]))
 
 
 def test_concat_pads_batches_of_different_widths():
     a = build_batch([[1]], [completion([2, 3, 4])], [1.0], pad_id=0)
     b = build_batch([[1]], [completion([2])], [0.0], pad_id=0)
-    both = _concat([a, b])
+    both = concat_batches([a, b])
     assert both.input_ids.tolist() == [[1, 2, 3, 4], [1, 2, 0, 0]]
     assert both.mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
@@ -65,9 +71,10 @@ def test_concat_pads_batches_of_different_widths():
 def test_forward_logprobs_on_response_positions_matches_the_full_logits():
     from posttrain.algorithms.entropy import entropy_from_logits
     from posttrain.algorithms.logprobs import token_logprobs
-    from posttrain.recipes.common import load_model_and_tokenizer, set_seed
+    from posttrain.models.build import load_model_and_tokenizer
+    from posttrain.training.loop import set_seed
     from posttrain.config import ModelConfig
-    from posttrain.recipes.rollouts import forward_logprobs
+    from posttrain.models.passes import forward_logprobs
 
     set_seed(0)
     model, _ = load_model_and_tokenizer(ModelConfig(device="cpu"))
@@ -86,7 +93,7 @@ def test_forward_logprobs_on_response_positions_matches_the_full_logits():
 def test_accepts_logits_to_keep_looks_through_wrappers():
     from posttrain.config import ModelConfig
     from posttrain.models.loading import accepts_logits_to_keep
-    from posttrain.recipes.common import load_model_and_tokenizer
+    from posttrain.models.build import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(ModelConfig(device="cpu"))
     assert accepts_logits_to_keep(model)

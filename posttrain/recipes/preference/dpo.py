@@ -14,7 +14,7 @@ Each optimizer step:
 The reference is the starting policy, so no second model is kept: its log-probs are cached
 with the freshly loaded weights before any update (for LoRA that is the base model, since
 new adapters start at zero). A resumed run recomputes the cache the same way before it loads
-its checkpoint. Dropout is off throughout (`training_mode`), so at step 0 the policy reproduces
+its checkpoint. Dropout is off throughout (`train_mode(dropout=False)`), so at step 0 the policy reproduces
 the cached reference exactly and DPO's loss is log 2.
 Losses come back per pair and are divided by the step's pair count, so gradient accumulation is
 exact; KTO's z0 is estimated over the whole step, before the micro-batches, for the same reason.
@@ -25,7 +25,6 @@ shared prompt is run once for both of its responses.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import NamedTuple, Union
 
 import torch
@@ -37,21 +36,18 @@ from posttrain.algorithms.preference import (
 from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.config import (
     ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require, require_offline_schedule,
-    to_dict,
 )
 from posttrain.data.tokenize import TokenizedExample
-from posttrain.engines.hf import HFEngine
+from posttrain.engines.factory import build_engine
 from posttrain.evaluation import task_accuracy
-from posttrain.models.loading import save_model
-from posttrain.plots import plot_metrics
-from posttrain.recipes.common import (
-    build_optimizer, build_scheduler, checkpoint_if_due, load_model_and_tokenizer, resume_if_asked, set_seed,
-)
+from posttrain.models.build import load_model_and_tokenizer
+from posttrain.models.sequence_logprobs import pair_logps, sequence_logps, shares_prompts
 from posttrain.recipes.dpo_data import DPOData, PreferenceSplit, load_dpo_data, mismatched_sequences
-from posttrain.recipes.dpo_logps import checkpoints_activations, pair_logps, sequence_logps, shares_prompts
-from posttrain.recipes.sft import apply_update, clip_gradients, step_indices
 from posttrain.rewards import resolve_reward
-from posttrain.run import Run
+from posttrain.training.loop import TrainingLoop, set_seed, start_run
+from posttrain.training.modes import train_mode
+from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients
+from posttrain.training.order import step_indices
 
 
 @dataclasses.dataclass
@@ -134,16 +130,13 @@ class ReferenceCache:
 
 def train(cfg: DPOConfig) -> dict:
     """Run the configured preference loss; returns the summary also written to `summary.json`."""
-    started = time.time()
     spec, params = cfg.loss.resolve()
-    run = Run.start(cfg.run.output_dir, cfg.run.name, {**to_dict(cfg), "resolved_loss": dataclasses.asdict(params)},
-                    resume=cfg.run.resume, overwrite=cfg.run.overwrite, report_to=cfg.run.report_to,
-                    wandb_project=cfg.run.wandb_project)
+    run = start_run(cfg, {"resolved_loss": dataclasses.asdict(params)})
     with run:
         set_seed(cfg.run.seed)
         run.print(f"loss {cfg.loss.type}: {dataclasses.asdict(params)}")
         model, tokenizer = load_model_and_tokenizer(cfg.model)
-        training_mode(model)
+        train_mode(model, dropout=False)  # so at step 0 the policy reproduces the cached reference exactly
         pad_id = tokenizer.pad_token_id
         data = load_dpo_data(cfg.data, tokenizer, eval_cfg=cfg.eval, unpaired_ok=not spec.paired, seed=cfg.run.seed,
                              console=run.console)
@@ -162,75 +155,36 @@ def train(cfg: DPOConfig) -> dict:
             with ledger.timed("reference"):
                 ref_train = reference_cache(model, data.train, kl_train, cfg, pad_id, ledger, n_params)
                 ref_eval = reference_cache(model, data.eval, kl_eval, cfg, pad_id, ledger, n_params)
-        start_step, first_eval = resume_if_asked(run, model=model, optimizer=optimizer, scheduler=scheduler,
-                                                 ledger=ledger)
 
-        def evaluate(step: int) -> dict:
-            with ledger.timed("eval"):
-                metrics = evaluate_dpo(model, tokenizer, data, ref_eval, kl_eval, spec, params, cfg, reward_fn,
-                                       ledger, n_params)
-            run.log(step, metrics)
-            training_mode(model)
+        def evaluate() -> dict:
+            metrics = evaluate_dpo(model, tokenizer, data, ref_eval, kl_eval, spec, params, cfg, reward_fn, ledger,
+                                   n_params)
+            train_mode(model, dropout=False)
             return metrics
 
-        if start_step == 0:
-            first_eval = evaluate(0)
-        with run.progress(cfg.steps, initial=start_step, description=cfg.loss.type) as bar:
-            for step in range(start_step, cfg.steps):
-                with ledger.timed("dpo"):
-                    metrics = accumulate_gradients(model, data.train, ref_train, kl_train, spec, params, cfg, step,
-                                                   pad_id, ledger, n_params)
-                    metrics["train/grad_norm"] = clip_gradients(model, cfg.optim.max_grad_norm)
-                    # Before the update, so a NaN never reaches the weights.
-                    run.check_finite(step + 1, {k: metrics[k] for k in ("train/loss", "train/grad_norm")})
-                    metrics["train/lr"] = apply_update(optimizer, scheduler)
-                    ledger.record("dpo", tokens=metrics["train/tokens"], params=n_params, backward=True)
-                metrics.update(ledger.metrics())
-                if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.steps:
-                    run.log(step + 1, metrics)
-                bar.advance(loss=f"{metrics['train/loss']:.4f}")
-                if cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.steps:
-                    evaluate(step + 1)
-                checkpoint_if_due(run, cfg.run, step + 1, cfg.steps, model=model, optimizer=optimizer,
-                                  scheduler=scheduler, tokenizer=tokenizer, ledger=ledger, first_eval=first_eval)
+        def dpo_step(step: int) -> dict:
+            with ledger.timed("dpo"):
+                metrics = accumulate_gradients(model, data.train, ref_train, kl_train, spec, params, cfg, step,
+                                               pad_id, ledger, n_params)
+                metrics["train/grad_norm"] = clip_gradients(model, cfg.optim.max_grad_norm)
+                # Before the update, so a NaN never reaches the weights.
+                run.check_finite(step + 1, {k: metrics[k] for k in ("train/loss", "train/grad_norm")})
+                metrics["train/lr"] = apply_update(optimizer, scheduler)
+                ledger.record("dpo", tokens=metrics["train/tokens"], params=n_params, backward=True)
+            return metrics
 
-        final_eval = evaluate(cfg.steps)
-        model_dir = save_model(model, tokenizer, run.model_dir)
-        plot = plot_metrics(run.metrics_path, ["train/loss", "train/rewards/margin", "train/logps/chosen",
-                                               "eval/preference_accuracy", "eval/rewards/margin",
-                                               "eval/logps/chosen", "eval/accuracy_greedy", "eval/accuracy_sampled"],
-                            run.dir / "dpo_curves.png", title=f"{cfg.loss.type}: {cfg.run.name}")
-        summary = {
-            "recipe": "dpo", "loss": cfg.loss.type, "steps": cfg.steps, "model_dir": str(model_dir),
-            "plot": str(plot), "seconds": round(time.time() - started, 2), "skipped_rows": data.skipped,
-            **{f"before/{k}": v for k, v in first_eval.items()},
-            **{f"after/{k}": v for k, v in final_eval.items()},
-            **ledger.metrics(),
-        }
-        run.write_summary(summary)
-        run.console.print(ledger.table())
-        return summary
+        loop = TrainingLoop(run, cfg.run, cfg.steps, model=model, optimizer=optimizer, scheduler=scheduler,
+                            ledger=ledger, tokenizer=tokenizer, evaluate=evaluate)
+        loop.resume()
+        loop.train(dpo_step, description=cfg.loss.type, postfix=lambda m: {"loss": f"{m['train/loss']:.4f}"})
+        return loop.finish(
+            {"recipe": "dpo", "loss": cfg.loss.type, "steps": cfg.steps, "skipped_rows": data.skipped},
+            model=model, plot_name="dpo_curves.png", title=f"{cfg.loss.type}: {cfg.run.name}",
+            plot_keys=["train/loss", "train/rewards/margin", "train/logps/chosen", "eval/preference_accuracy",
+                       "eval/rewards/margin", "eval/logps/chosen", "eval/accuracy_greedy", "eval/accuracy_sampled"])
 
 
 # ----------------------------------------------------------------------------- log-probs
-
-
-def training_mode(model) -> None:
-    """No dropout anywhere, so the policy at step 0 reproduces the cached reference exactly.
-
-    `eval()` does that, and gradients still flow. transformers only checkpoints activations in
-    `train()` mode, though, so a model with gradient checkpointing on is put in `train()` mode
-    with every dropout probability set to 0 instead.
-    """
-    if not checkpoints_activations(model):
-        model.eval()
-        return
-    model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
 
 
 class UnitLogps(NamedTuple):
@@ -409,6 +363,6 @@ def evaluate_dpo(model, tokenizer, data: DPOData, ref: ReferenceCache | None,
             ledger.record("eval", tokens=forwarded, params=n_params)
         metrics.update(tally.metrics("eval", split.paired))
     if reward_fn is not None and data.eval_prompts:
-        metrics.update(task_accuracy(HFEngine(model, tokenizer), data.eval_prompts, data.eval_prompt_ids, reward_fn,
+        metrics.update(task_accuracy(build_engine("hf", model, tokenizer), data.eval_prompts, data.eval_prompt_ids, reward_fn,
                                      cfg.eval, seed=cfg.run.seed, ledger=ledger, n_params=n_params))
     return metrics

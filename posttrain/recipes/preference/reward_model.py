@@ -17,24 +17,23 @@ prompt in the same batch; our pairs are independent rows, shuffled per epoch.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
 
 from posttrain.algorithms.reward_model import bradley_terry_loss
 from posttrain.compute import ComputeLedger, matmul_params
-from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, require, require_offline_schedule, to_dict
+from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, require, require_offline_schedule
 from posttrain.data.collate import pad_preference_batch
 from posttrain.data.tokenize import TokenizedPair
-from posttrain.models.loading import LoraSettings, load_tokenizer, resolve_device, save_model
+from posttrain.models.build import lora_settings, resolve_model_path
+from posttrain.models.device import model_device
+from posttrain.models.loading import load_tokenizer, resolve_device
 from posttrain.models.scalar_head import load_scalar_model, sequence_scores
-from posttrain.plots import plot_metrics
-from posttrain.recipes.common import (
-    build_optimizer, build_scheduler, checkpoint_if_due, model_device, resolve_model_path, resume_if_asked, set_seed,
-)
 from posttrain.recipes.preference_data import load_preference_data
-from posttrain.recipes.sft import apply_update, clip_gradients, step_indices
-from posttrain.run import Run
+from posttrain.training.loop import TrainingLoop, set_seed, start_run
+from posttrain.training.modes import train_mode
+from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients
+from posttrain.training.order import step_indices
 
 
 @dataclasses.dataclass
@@ -62,12 +61,9 @@ def load_reward_model(cfg: ModelConfig):
     """The scalar model and tokenizer for training, initialised from `cfg.name_or_path`."""
     path = resolve_model_path(cfg.name_or_path)
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
-    lora = None
-    if cfg.lora is not None:
-        lora = LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                            target_modules=cfg.lora.target_modules)
     model = load_scalar_model(path, pad_token_id=tokenizer.pad_token_id, dtype=cfg.dtype,
-                              device=resolve_device(cfg.device), lora=lora, trust_remote_code=cfg.trust_remote_code)
+                              device=resolve_device(cfg.device), lora=lora_settings(cfg),
+                              trust_remote_code=cfg.trust_remote_code)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
@@ -75,12 +71,11 @@ def load_reward_model(cfg: ModelConfig):
 
 def train(cfg: RewardModelConfig) -> dict:
     """Train a reward model as configured; returns the summary also written to `summary.json`."""
-    started = time.time()
-    run = Run.start(cfg.run.output_dir, cfg.run.name, to_dict(cfg), resume=cfg.run.resume,
-                    overwrite=cfg.run.overwrite, report_to=cfg.run.report_to, wandb_project=cfg.run.wandb_project)
+    run = start_run(cfg)
     with run:
         set_seed(cfg.run.seed)
         model, tokenizer = load_reward_model(cfg.model)
+        train_mode(model, dropout=True)  # supervised on fixed pairs, as SFT: the model's own dropout
         data = load_preference_data(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console)
         require(len(data.train) > 0, f"no usable training pairs in {cfg.data.train}")
 
@@ -88,57 +83,33 @@ def train(cfg: RewardModelConfig) -> dict:
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
         ledger = ComputeLedger()
         n_params = matmul_params(model)
-        start_step, first_eval = resume_if_asked(run, model=model, optimizer=optimizer, scheduler=scheduler,
-                                                 ledger=ledger)
 
-        def evaluate(step: int) -> dict:
-            with ledger.timed("eval"):
-                metrics = evaluate_pairs(model, data.eval, cfg, tokenizer.pad_token_id, ledger, n_params)
-            run.log(step, metrics)
+        def evaluate() -> dict:
+            metrics = evaluate_pairs(model, data.eval, cfg, tokenizer.pad_token_id, ledger, n_params)
+            train_mode(model, dropout=True)
             return metrics
 
-        if start_step == 0:
-            first_eval = evaluate(0)
-        model.train()
-        with run.progress(cfg.steps, initial=start_step, description="reward model") as bar:
-            for step in range(start_step, cfg.steps):
-                with ledger.timed("reward_model"):
-                    pairs = [data.train[i] for i in step_indices(step, per_step=cfg.pairs_per_step,
-                                                                 num_examples=len(data.train), seed=cfg.run.seed)]
-                    metrics = accumulate_gradients(model, pairs, cfg, tokenizer.pad_token_id)
-                    metrics["train/grad_norm"] = clip_gradients(model, cfg.optim.max_grad_norm)
-                    run.check_finite(step + 1, metrics)  # before the update: a NaN never reaches the weights
-                    metrics["train/lr"] = apply_update(optimizer, scheduler)
-                    ledger.record("reward_model", tokens=metrics["train/tokens"], params=n_params, backward=True)
-                metrics.update(ledger.metrics())
-                if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.steps:
-                    run.log(step + 1, metrics)
-                bar.advance(loss=f"{metrics['train/loss']:.4f}", acc=f"{metrics['train/accuracy']:.2f}")
-                if cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.steps:
-                    evaluate(step + 1)
-                    model.train()
-                checkpoint_if_due(run, cfg.run, step + 1, cfg.steps, model=model, optimizer=optimizer,
-                                  scheduler=scheduler, tokenizer=tokenizer, ledger=ledger, first_eval=first_eval)
+        def reward_model_step(step: int) -> dict:
+            with ledger.timed("reward_model"):
+                pairs = [data.train[i] for i in step_indices(step, per_step=cfg.pairs_per_step,
+                                                             num_examples=len(data.train), seed=cfg.run.seed)]
+                metrics = accumulate_gradients(model, pairs, cfg, tokenizer.pad_token_id)
+                metrics["train/grad_norm"] = clip_gradients(model, cfg.optim.max_grad_norm)
+                run.check_finite(step + 1, metrics)  # before the update: a NaN never reaches the weights
+                metrics["train/lr"] = apply_update(optimizer, scheduler)
+                ledger.record("reward_model", tokens=metrics["train/tokens"], params=n_params, backward=True)
+            return metrics
 
-        final_eval = evaluate(cfg.steps)
-        model_dir = save_model(model, tokenizer, run.model_dir)
-        plot = plot_metrics(run.metrics_path, ["train/loss", "train/accuracy", "eval/loss", "eval/accuracy"],
-                            run.dir / "reward_model_curves.png", title=f"Reward model: {cfg.run.name}")
-        summary = {
-            "recipe": "reward_model",
-            "steps": cfg.steps,
-            "model_dir": str(model_dir),
-            "reward": f"reward_model:{model_dir}",
-            "plot": str(plot),
-            "seconds": round(time.time() - started, 2),
-            "skipped_rows": data.skipped,
-            **{f"before/{k}": v for k, v in first_eval.items()},
-            **{f"after/{k}": v for k, v in final_eval.items()},
-            **ledger.metrics(),
-        }
-        run.write_summary(summary)
-        run.console.print(ledger.table())
-        return summary
+        loop = TrainingLoop(run, cfg.run, cfg.steps, model=model, optimizer=optimizer, scheduler=scheduler,
+                            ledger=ledger, tokenizer=tokenizer, evaluate=evaluate)
+        loop.resume()
+        loop.train(reward_model_step, description="reward model",
+                   postfix=lambda m: {"loss": f"{m['train/loss']:.4f}", "acc": f"{m['train/accuracy']:.2f}"})
+        return loop.finish(
+            {"recipe": "reward_model", "steps": cfg.steps, "reward": f"reward_model:{run.model_dir}",
+             "skipped_rows": data.skipped},
+            model=model, plot_name="reward_model_curves.png", title=f"Reward model: {cfg.run.name}",
+            plot_keys=["train/loss", "train/accuracy", "eval/loss", "eval/accuracy"])
 
 
 def score_pairs(model, pairs: list[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -18,9 +18,11 @@ missing-EOS penalty and the value model read per token from a sequence-classific
 in TRL's PPOTrainer (after Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO",
 arXiv 2403.17031).
 
-Dropout is off in all four models (policy, reference, value, reward): each is in eval mode and
-every dropout probability is set to 0, so the log-probs and values of the rollout, of the
-old-policy pass and of the update are the same function of the weights.
+Dropout is off in the trained models (policy, value: `train_mode(dropout=False)`, train mode so
+gradient checkpointing works) and the frozen ones are in eval mode (reference, reward model), so
+the log-probs and values of the rollout, of the old-policy pass and of the update are the same
+function of the weights. With an engine that does not share the policy's weights (another
+process, vLLM), the sampler's log-probs are the old log-probs, as in `grpo.py`.
 
 Differences from the papers: one AdamW steps policy and critic together, with one gradient clip
 over both (as TRL does); each PPO epoch is one optimizer step over the whole batch (gradient
@@ -29,8 +31,6 @@ reward is None are dropped from the update.
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 
@@ -41,48 +41,46 @@ from posttrain.algorithms.masked import masked_mean, masked_sum
 from posttrain.algorithms.registry import AdvantageInputs, get_advantage_estimator, get_policy_loss
 from posttrain.algorithms.value_loss import clipped_value_loss, explained_variance
 from posttrain.compute import ComputeLedger, matmul_params
-from posttrain.config import require, to_dict
-from posttrain.engines.hf import HFEngine
-from posttrain.models.loading import load_tokenizer, resolve_device, save_model
-from posttrain.models.scalar_head import load_scalar_model, token_values
-from posttrain.plots import plot_metrics
-from posttrain.recipes.common import (
-    build_optimizer, build_scheduler, checkpoint_if_due, load_model_and_tokenizer, resolve_model_path,
-    resume_if_asked, set_seed,
-)
+from posttrain.config import require
+from posttrain.engines.factory import build_engine
+from posttrain.models.build import load_model_and_tokenizer, resolve_model_path
+from posttrain.models.loading import load_tokenizer, resolve_device
+from posttrain.models.passes import batch_logprobs, batch_values, forward_logprobs, forward_values
+from posttrain.models.reference import reference_model
+from posttrain.models.scalar_head import load_scalar_model
 from posttrain.recipes.prompt_data import load_prompt_sets
-from posttrain.recipes.rl import reference_model, reward_runner, collect_rollouts
-from posttrain.recipes.rl_config import RLConfig
+from posttrain.recipes.rl.batch import RolloutBatch
+from posttrain.recipes.rl.config import RLConfig
+from posttrain.recipes.rl.grpo import old_logprobs
+from posttrain.recipes.rl.rewards import eval_reward, reward_runner
+from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
 from posttrain.recipes.rl_eval import evaluate_prompts
-from posttrain.recipes.rollouts import RolloutBatch, batch_logprobs, forward_logprobs
-from posttrain.recipes.sft import apply_update, clip_gradients
-from posttrain.rewards import REWARD_MODEL_PREFIX, resolve_reward
+from posttrain.rewards import REWARD_MODEL_PREFIX
 from posttrain.run import Run
+from posttrain.training.loop import TrainingLoop, set_seed, start_run
+from posttrain.training.modes import train_mode
+from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients
 
 
 def train(cfg: RLConfig) -> dict:
     """Run PPO as configured; returns the summary also written to `summary.json`."""
-    started = time.time()
     algo = cfg.algorithm.resolve()
-    run = Run.start(cfg.run.output_dir, cfg.run.name, {**to_dict(cfg), "resolved_algorithm": algo.as_dict()},
-                    resume=cfg.run.resume, overwrite=cfg.run.overwrite, report_to=cfg.run.report_to,
-                    wandb_project=cfg.run.wandb_project)
-    with run, reward_runner(cfg) as rewards:
+    run = start_run(cfg, {"resolved_algorithm": algo.as_dict()})
+    with run, reward_runner(cfg, run) as rewards:
         set_seed(cfg.run.seed)
         run.print(f"algorithm {cfg.algorithm.name}: {algo.as_dict()}")
         policy, tokenizer = load_model_and_tokenizer(cfg.model)
         critic = load_value_model(cfg, tokenizer)
         needs_reference = algo.kl_coef > 0 or algo.kl_target is not None
         reference = reference_model(policy) if needs_reference else None
-        for model in (policy, critic, reference):
-            if model is not None:
-                disable_dropout(model)
-        for reward in rewards.rewards.values():  # a reward model scores with dropout off too
+        for model in (policy, critic):
+            train_mode(model, dropout=False)
+        for reward in rewards.rewards.values():  # a reward model scores in eval mode: no dropout
             if isinstance(getattr(reward.fn, "model", None), torch.nn.Module):
-                disable_dropout(reward.fn.model)
-        engine = HFEngine(policy, tokenizer)
+                reward.fn.model.eval()
+        engine = build_engine(cfg.rollout.engine, policy, tokenizer)
         train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console)
-        eval_reward = resolve_reward(cfg.eval.reward or cfg.reward.functions[0])
+        score_eval = eval_reward(cfg)
 
         trained = torch.nn.ModuleDict({"policy": policy, "value": critic})  # one optimizer, one checkpoint
         optimizer = build_optimizer(trained, cfg.optim)
@@ -90,59 +88,42 @@ def train(cfg: RLConfig) -> dict:
         kl_control = build_kl_controller(algo.kl_coef, algo.kl_target, algo.kl_horizon)
         ledger = ComputeLedger()
         n_params = {"policy": matmul_params(policy), "value": matmul_params(critic)}
-        start_step, first_eval = resume_if_asked(
-            run, model=trained, optimizer=optimizer, scheduler=scheduler, ledger=ledger,
-            on_state=lambda state: kl_control.load_state_dict(state["kl_controller"]))
+        generate_and_score = single_turn_round(engine, rewards, ledger, n_params["policy"])
 
-        def evaluate(step: int) -> dict:
-            with ledger.timed("eval"):
-                metrics = evaluate_prompts(engine, eval_prompts, eval_reward, cfg, ledger, n_params["policy"])
-            run.log(step, metrics)
+        def evaluate() -> dict:
+            return evaluate_prompts(engine, eval_prompts, score_eval, cfg, ledger, n_params["policy"])
+
+        def ppo_step(step: int) -> dict:
+            batch, metrics = collect_rollouts(generate_and_score, train_prompts, cfg, algo, step,
+                                              tokenizer.pad_token_id)
+            metrics["reward/score_mean"] = metrics.get("rewards/total/mean", float("nan"))
+            metrics["kl/beta"] = kl_control.value  # the β this batch's rewards are penalised with
+            if batch.size:
+                batch = batch.select(torch.nonzero(batch.scorable).flatten())  # None rewards: no update
+            if batch.size:
+                metrics.update(train_on_batch(policy, critic, reference, engine, trained, optimizer, scheduler, batch,
+                                              cfg, algo, kl_control.value, run, step, ledger, n_params))
+                kl_control.update(metrics["kl/sequence_mean"], n_steps=batch.size)
+                engine.load_weights(policy)
+            metrics["train/update_skipped"] = float(batch.size == 0)
             return metrics
 
-        if start_step == 0:
-            first_eval = evaluate(0)
-        with run.progress(cfg.steps, initial=start_step, description=f"rl ({cfg.algorithm.name})") as bar:
-            for step in range(start_step, cfg.steps):
-                batch, metrics = collect_rollouts(engine, rewards, train_prompts, cfg, algo, step,
-                                                  tokenizer.pad_token_id, ledger, n_params["policy"])
-                metrics["reward/score_mean"] = metrics.get("rewards/total/mean", float("nan"))
-                metrics["kl/beta"] = kl_control.value  # the β this batch's rewards are penalised with
-                if batch.size:
-                    batch = batch.select(torch.nonzero(batch.scorable).flatten())  # None rewards: no update
-                if batch.size:
-                    metrics.update(train_on_batch(policy, critic, reference, trained, optimizer, scheduler, batch,
-                                                  cfg, algo, kl_control.value, run, step, ledger, n_params))
-                    kl_control.update(metrics["kl/sequence_mean"], n_steps=batch.size)
-                metrics.update(ledger.metrics())
-                if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.steps:
-                    run.log(step + 1, metrics)
-                bar.advance(score=f"{metrics['reward/score_mean']:.3f}", kl=f"{metrics.get('kl/sequence_mean', 0):.3f}")
-                if cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.steps:
-                    evaluate(step + 1)
-                checkpoint_if_due(run, cfg.run, step + 1, cfg.steps, model=trained, optimizer=optimizer,
-                                  scheduler=scheduler, tokenizer=tokenizer, ledger=ledger, first_eval=first_eval,
-                                  extra_state={"kl_controller": kl_control.state_dict()})
-
-        final_eval = evaluate(cfg.steps)
+        loop = TrainingLoop(run, cfg.run, cfg.steps, model=trained, optimizer=optimizer, scheduler=scheduler,
+                            ledger=ledger, tokenizer=tokenizer, evaluate=evaluate,
+                            extra_state=lambda: {"kl_controller": kl_control.state_dict()})
+        loop.resume(on_state=lambda state: kl_control.load_state_dict(state["kl_controller"]))
+        engine.load_weights(policy)  # a resumed run samples from the restored weights
+        loop.train(ppo_step, description=f"rl ({cfg.algorithm.name})",
+                   postfix=lambda m: {"score": f"{m['reward/score_mean']:.3f}",
+                                      "kl": f"{m.get('kl/sequence_mean', 0):.3f}"})
         engine.close()
-        model_dir = save_model(policy, tokenizer, run.model_dir)
-        value_dir = save_model(critic, tokenizer, run.dir / "value_model")
-        plot = plot_metrics(run.metrics_path, ["reward/score_mean", "kl/sequence_mean", "kl/beta",
-                                               "value/explained_variance", "eval/accuracy_sampled",
-                                               "response/length_mean"],
-                            run.dir / "rl_curves.png", title=f"RL ({cfg.algorithm.name}): {cfg.run.name}")
-        summary = {
-            "recipe": "rl", "algorithm": cfg.algorithm.name, "rl_steps": cfg.steps,
-            "model_dir": str(model_dir), "value_model_dir": str(value_dir), "plot": str(plot),
-            "seconds": round(time.time() - started, 2), "final_kl_coef": kl_control.value,
-            **{f"before/{k}": v for k, v in first_eval.items()},
-            **{f"after/{k}": v for k, v in final_eval.items()},
-            **ledger.metrics(),
-        }
-        run.write_summary(summary)
-        run.console.print(ledger.table())
-        return summary
+        return loop.finish(
+            {"recipe": "rl", "algorithm": cfg.algorithm.name, "rl_steps": cfg.steps,
+             "final_kl_coef": kl_control.value},
+            model=policy, also_save={"value_model": critic}, plot_name="rl_curves.png",
+            title=f"RL ({cfg.algorithm.name}): {cfg.run.name}",
+            plot_keys=["reward/score_mean", "kl/sequence_mean", "kl/beta", "value/explained_variance",
+                       "eval/accuracy_sampled", "response/length_mean"])
 
 
 def load_value_model(cfg: RLConfig, tokenizer) -> torch.nn.Module:
@@ -158,36 +139,6 @@ def load_value_model(cfg: RLConfig, tokenizer) -> torch.nn.Module:
                 "the value model must read the same token ids")
     return load_scalar_model(source, pad_token_id=tokenizer.pad_token_id, dtype=cfg.model.dtype,
                              device=resolve_device(cfg.model.device), trust_remote_code=cfg.model.trust_remote_code)
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Eval mode and every dropout probability 0, so even a later `.train()` cannot bring dropout back.
-
-    Covers `nn.Dropout` modules and the functional attention dropout transformers models keep as
-    an `attention_dropout` float on their attention modules.
-    """
-    model.eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
-
-
-def forward_values(critic, batch: RolloutBatch, index: slice | torch.Tensor) -> torch.Tensor:
-    """Values (rows, L-1) on the shifted axis: entry t is V of the prefix that predicts token t+1,
-    aligned with `forward_logprobs` and `batch.mask` (grad flows if enabled)."""
-    device = next(critic.parameters()).device
-    values = token_values(critic, batch.input_ids[index].to(device), batch.attention_mask[index].to(device))
-    return values[:, :-1]
-
-
-@torch.no_grad()
-def batch_values(critic, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
-    """Values of the whole batch without gradients (the critic at rollout time)."""
-    parts = [forward_values(critic, batch, slice(start, start + micro_batch_size)).float().cpu()
-             for start in range(0, batch.size, micro_batch_size)]
-    return torch.cat(parts)
 
 
 def kl_shaped_advantages(scores: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor,
@@ -208,8 +159,8 @@ def kl_shaped_advantages(scores: torch.Tensor, old_logp: torch.Tensor, ref_logp:
     return estimate.advantages, estimate.returns, kl
 
 
-def train_on_batch(policy, critic, reference, trained, optimizer, scheduler, batch: RolloutBatch, cfg: RLConfig,
-                   algo, beta: float, run: Run, step: int, ledger: ComputeLedger, n_params: dict) -> dict:
+def train_on_batch(policy, critic, reference, engine, trained, optimizer, scheduler, batch: RolloutBatch,
+                   cfg: RLConfig, algo, beta: float, run: Run, step: int, ledger: ComputeLedger, n_params: dict) -> dict:
     """Old log-probs, reference log-probs and values once; KL-shaped rewards, GAE, whitening;
     then `updates_per_batch` optimizer steps on policy + vf_coef · value loss."""
     T = cfg.rollout.temperature
@@ -218,8 +169,11 @@ def train_on_batch(policy, critic, reference, trained, optimizer, scheduler, bat
     valid = mask > 0
     tokens = int(batch.attention_mask.sum())
     with ledger.timed("reference"):
-        old_logp = batch_logprobs(policy, batch, T, mbs)
-        ledger.record("reference", tokens=tokens, params=n_params["policy"])
+        old_logp = old_logprobs(policy, engine, batch, cfg)
+        if old_logp is None:  # PPO's KL-shaped reward needs them even for a single update
+            old_logp = batch_logprobs(policy, batch, T, mbs)
+        if old_logp is not batch.sampler_logprobs:
+            ledger.record("reference", tokens=tokens, params=n_params["policy"])
         ref_logp = old_logp
         if reference is not None:
             ref_logp = batch_logprobs(reference, batch, T, mbs)
@@ -243,7 +197,8 @@ def train_on_batch(policy, critic, reference, trained, optimizer, scheduler, bat
     normaliser = float(cfg.rollout.max_new_tokens) if algo.loss_normaliser == "max_new_tokens" else algo.loss_normaliser
     counts = {"global_tokens": float(mask.sum()), "global_sequences": float(valid.any(1).sum()),
               "constant_normaliser": normaliser}
-    for _ in range(cfg.updates_per_batch):
+    gap = 0.0
+    for update in range(cfg.updates_per_batch):
         with ledger.timed("update"):
             sums = dict.fromkeys(("loss", "policy_loss", "value_loss", "entropy", "clip", "value_clip", "ratio",
                                   "approx_kl"), 0.0)
@@ -261,6 +216,9 @@ def train_on_batch(policy, critic, reference, trained, optimizer, scheduler, bat
                 loss = pg_loss + cfg.critic.vf_coef * vf_loss.to(pg_loss.device)
                 loss.backward()
                 share = float(m.sum()) / max(counts["global_tokens"], 1.0)  # this micro-batch's share of tokens
+                if update == 0:  # the trainer's log-probs of the weights that sampled: the health check
+                    sampler = batch.sampler_logprobs[rows].to(logp.device)
+                    gap += float(masked_mean((sampler - logp.detach()).abs(), m > 0)) * share
                 sums["loss"] += loss.item()
                 sums["policy_loss"] += pg_loss.item()
                 sums["value_loss"] += vf_loss.item()
@@ -279,6 +237,5 @@ def train_on_batch(policy, critic, reference, trained, optimizer, scheduler, bat
         "train/clip_fraction": sums["clip"], "value/clip_fraction": sums["value_clip"],
         "train/ratio_mean": sums["ratio"], "train/approx_kl": sums["approx_kl"],
     })
-    gap = (batch.sampler_logprobs - old_logp).abs()  # trainer vs sampler log-probs: a health check
-    metrics["train/sampler_logprob_gap"] = float(masked_mean(gap, valid))
+    metrics["train/sampler_logprob_gap"] = gap  # mean |sampler − trainer| log-prob over the model tokens
     return metrics

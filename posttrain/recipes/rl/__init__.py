@@ -1,0 +1,18 @@
+"""`posttrain rl`: online RL. `grpo.py` is the critic-free loop (GRPO, Dr. GRPO, DAPO, RLOO,
+REINFORCE++, GSPO), `ppo.py` the loop with a critic; both collect rollouts through
+`rollouts.py` into the batches of `batch.py`, with rewards from `rewards.py`."""
+
+from __future__ import annotations
+
+from posttrain.recipes.rl.config import RLConfig
+
+
+def train(cfg: RLConfig) -> dict:
+    """Run RL as configured (the critic loop when the algorithm's advantage needs values)."""
+    if cfg.needs_critic():
+        from posttrain.recipes.rl import ppo
+
+        return ppo.train(cfg)
+    from posttrain.recipes.rl import grpo
+
+    return grpo.train(cfg)

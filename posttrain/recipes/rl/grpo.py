@@ -1,0 +1,169 @@
+"""RL with verifiable rewards: GRPO and its corrected variants in one loop you can read top to bottom.
+
+Each step:
+    collect rollouts (sample prompts → generate-and-score G samples each → [DAPO: drop groups
+    whose rewards are all equal, generate more to refill]) → old / reference log-probs (once per
+    batch) → advantages by group id (registry) → `updates_per_batch` × (micro-batches → policy
+    loss (+ β·KL) → backward) → clip → step → the engine gets the new weights → log, evaluate,
+    checkpoint (`training.loop.TrainingLoop`).
+What differs between GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++ and GSPO is only which advantage
+estimator, policy loss, aggregation and KL placement the preset names (algorithms/presets.py).
+Algorithms that need a critic run `ppo.py` instead (`recipes.rl.train` dispatches).
+
+Old log-probs: when the engine samples from the trained module itself (`engine.shares_weights`),
+the trainer's own log-probs are the old ones — recomputed once when a batch gets several
+updates, the detached current ones when it gets one. A separate engine (another process, vLLM)
+computes them with other kernels, so its sampler log-probs are the old log-probs and the
+sampler–trainer gap is its health check. The gap is logged every step either way.
+
+Differences from the papers: a reward of None (not scorable) is masked out of the loss and
+replaced by its group's mean so it moves no baseline; everything runs in one process.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from posttrain.algorithms.aggregation import aggregate
+from posttrain.algorithms.kl import kl_estimate
+from posttrain.algorithms.masked import masked_mean
+from posttrain.algorithms.registry import AdvantageInputs, get_advantage_estimator, get_policy_loss
+from posttrain.compute import ComputeLedger, matmul_params
+from posttrain.engines.factory import build_engine
+from posttrain.models.build import load_model_and_tokenizer
+from posttrain.models.passes import batch_logprobs, forward_logprobs
+from posttrain.models.reference import reference_model
+from posttrain.recipes.prompt_data import load_prompt_sets
+from posttrain.recipes.rl.batch import RolloutBatch
+from posttrain.recipes.rl.config import RLConfig
+from posttrain.recipes.rl.rewards import eval_reward, reward_runner
+from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
+from posttrain.recipes.rl_eval import evaluate_prompts
+from posttrain.run import Run
+from posttrain.training.loop import TrainingLoop, set_seed, start_run
+from posttrain.training.modes import train_mode
+from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients
+
+
+def train(cfg: RLConfig) -> dict:
+    """Run RL as configured; returns the summary also written to `summary.json`."""
+    algo = cfg.algorithm.resolve()
+    run = start_run(cfg, {"resolved_algorithm": algo.as_dict()})
+    with run, reward_runner(cfg, run) as rewards:
+        set_seed(cfg.run.seed)
+        run.print(f"algorithm {cfg.algorithm.name}: {algo.as_dict()}")
+        model, tokenizer = load_model_and_tokenizer(cfg.model)
+        train_mode(model, dropout=False)
+        reference = reference_model(model) if algo.kl_coef > 0 else None
+        engine = build_engine(cfg.rollout.engine, model, tokenizer)
+        train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console)
+        score_eval = eval_reward(cfg)
+
+        optimizer = build_optimizer(model, cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * cfg.updates_per_batch)
+        ledger = ComputeLedger()
+        n_params = matmul_params(model)
+        generate_and_score = single_turn_round(engine, rewards, ledger, n_params)
+
+        def evaluate() -> dict:
+            return evaluate_prompts(engine, eval_prompts, score_eval, cfg, ledger, n_params)
+
+        def rl_step(step: int) -> dict:
+            batch, metrics = collect_rollouts(generate_and_score, train_prompts, cfg, algo, step,
+                                              tokenizer.pad_token_id)
+            if batch.size:
+                metrics.update(train_on_batch(model, reference, engine, optimizer, scheduler, batch, cfg, algo, run,
+                                              step, ledger, n_params))
+                engine.load_weights(model)
+            metrics["train/update_skipped"] = float(batch.size == 0)
+            return metrics
+
+        loop = TrainingLoop(run, cfg.run, cfg.steps, model=model, optimizer=optimizer, scheduler=scheduler,
+                            ledger=ledger, tokenizer=tokenizer, evaluate=evaluate)
+        loop.resume()
+        engine.load_weights(model)  # a resumed run samples from the restored weights
+        loop.train(rl_step, description=f"rl ({cfg.algorithm.name})",
+                   postfix=lambda m: {"reward": f"{m['reward/mean']:.3f}"})
+        engine.close()
+        return loop.finish(
+            {"recipe": "rl", "algorithm": cfg.algorithm.name, "rl_steps": cfg.steps,
+             },
+            model=model, plot_name="rl_curves.png", title=f"RL ({cfg.algorithm.name}): {cfg.run.name}",
+            plot_keys=["reward/mean", "eval/accuracy_sampled", "eval/accuracy_greedy", "kl/mean", "entropy/mean",
+                       "response/length_mean"])
+
+
+def old_logprobs(model, engine, batch: RolloutBatch, cfg: RLConfig) -> torch.Tensor | None:
+    """The log-probs the importance ratio divides by, or None: "the current ones, detached"
+    (one update per batch from an engine sharing the trainer's weights — see the module docstring)."""
+    if not engine.shares_weights(model):
+        return batch.sampler_logprobs
+    if cfg.updates_per_batch > 1:
+        return batch_logprobs(model, batch, cfg.rollout.temperature, cfg.micro_batch_size)
+    return None
+
+
+def train_on_batch(model, reference, engine, optimizer, scheduler, batch: RolloutBatch, cfg: RLConfig, algo,
+                   run: Run, step: int, ledger: ComputeLedger, n_params: int) -> dict:
+    """Old/reference log-probs once, advantages, then `updates_per_batch` optimizer steps."""
+    T = cfg.rollout.temperature
+    mask = batch.mask * batch.scorable.unsqueeze(1)
+    tokens = int(batch.attention_mask.sum())
+    with ledger.timed("reference"):
+        old_logp = old_logprobs(model, engine, batch, cfg)
+        if old_logp is not None and old_logp is not batch.sampler_logprobs:
+            ledger.record("reference", tokens=tokens, params=n_params)
+        ref_logp = None
+        if reference is not None:
+            ref_logp = batch_logprobs(reference, batch, T, cfg.micro_batch_size)
+            ledger.record("reference", tokens=tokens, params=n_params)
+    kl_in_reward = None
+    if ref_logp is not None and algo.kl_placement == "reward":
+        sampling_logp = old_logp if old_logp is not None else batch.sampler_logprobs
+        kl_in_reward = kl_estimate(sampling_logp, ref_logp, algo.kl_estimator) * mask
+    advantages = get_advantage_estimator(algo.advantage)(AdvantageInputs(
+        rewards=batch.rewards, mask=mask, group_ids=batch.group_ids, kl=kl_in_reward,
+        kl_coef=algo.kl_coef, gamma=algo.gamma, lam=algo.lam)).advantages
+    policy_loss = get_policy_loss(algo.policy_loss)
+    normaliser = float(cfg.rollout.max_new_tokens) if algo.loss_normaliser == "max_new_tokens" else algo.loss_normaliser
+    global_tokens = float(mask.sum())
+    global_sequences = float((mask.sum(1) > 0).sum())
+    metrics: dict = {}
+    gap = 0.0
+    for update in range(cfg.updates_per_batch):
+        with ledger.timed("update"):
+            sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip": 0.0, "ratio": 0.0}
+            for start in range(0, batch.size, cfg.micro_batch_size):
+                rows = slice(start, start + cfg.micro_batch_size)
+                logp, entropy = forward_logprobs(model, batch, rows, T, with_entropy=True)
+                m = mask[rows].to(logp.device)
+                share = float(m.sum()) / max(global_tokens, 1.0)  # this micro-batch's share of the tokens
+                if update == 0:  # the trainer's log-probs of the weights that sampled: the health check
+                    sampler = batch.sampler_logprobs[rows].to(logp.device)
+                    gap += float(masked_mean((sampler - logp.detach()).abs(), m > 0)) * share
+                old = old_logp[rows].to(logp.device) if old_logp is not None else logp.detach()
+                out = policy_loss(logp, old, advantages[rows].to(logp.device), m, eps_low=algo.eps_low,
+                                  eps_high=algo.eps_high, dual_clip=algo.dual_clip)
+                loss = aggregate(out.loss, m, algo.aggregation, global_tokens=global_tokens,
+                                 global_sequences=global_sequences, constant_normaliser=normaliser)
+                if ref_logp is not None:
+                    kl = kl_estimate(logp, ref_logp[rows].to(logp.device), algo.kl_estimator)
+                    if algo.kl_placement == "loss":
+                        loss = loss + algo.kl_coef * aggregate(kl, m, algo.aggregation, global_tokens=global_tokens,
+                                                               global_sequences=global_sequences,
+                                                               constant_normaliser=normaliser)
+                    sums["kl"] += float(masked_mean(kl.detach(), m > 0)) * share
+                loss.backward()
+                sums["loss"] += loss.item()
+                sums["entropy"] += float(masked_mean(entropy, m > 0)) * share
+                sums["clip"] += float(out.clip_frac) * share
+                sums["ratio"] += float(masked_mean(out.ratio.detach(), m > 0)) * share
+            ledger.record("update", tokens=tokens, params=n_params, backward=True)
+            grad_norm = clip_gradients(model, cfg.optim.max_grad_norm)
+            run.check_finite(step + 1, {"train/loss": sums["loss"], "train/grad_norm": grad_norm})
+            lr = apply_update(optimizer, scheduler)
+        metrics = {"train/loss": sums["loss"], "train/grad_norm": grad_norm, "train/lr": lr,
+                   "kl/mean": sums["kl"], "entropy/mean": sums["entropy"], "train/clip_fraction": sums["clip"],
+                   "train/ratio_mean": sums["ratio"]}
+    metrics["train/sampler_logprob_gap"] = gap  # mean |sampler − trainer| log-prob over the model tokens
+    return metrics
