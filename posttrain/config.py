@@ -141,6 +141,18 @@ class EvalConfig:
     # Completions per prompt for the sampled accuracy (the greedy one needs one): more draws, less
     # seed-to-seed noise when there are few held-out prompts.
     samples_per_prompt: int = 1
+    # The reward's limits during evaluation, as `reward.timeout_s` / `reward.on_error` in RL:
+    # seconds per call (enforced in a worker process) and what a call that raises, times out or
+    # returns a non-number scores ("zero", "none" = not scorable, "raise" = stop). Failures are
+    # counted in eval/reward_errors_* either way. null = the `reward` section's value in
+    # `posttrain rl`, 30 s and "zero" in sft and dpo.
+    timeout_s: Union[float, None] = None
+    on_error: Union[Literal["zero", "none", "raise"], None] = None
+
+    def __post_init__(self) -> None:
+        t = self.timeout_s
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
+            raise ConfigError(f"eval.timeout_s must be a number of seconds > 0 or null, got {self.timeout_s!r}")
 
 
 # --------------------------------------------------------------------------- loading

@@ -14,6 +14,7 @@ from posttrain.data.examples import (
 )
 from posttrain.data.jsonl import write_jsonl
 from posttrain.data.readers import DataError, Record, iter_rows, read_records
+from posttrain.data.split import held_out_count, hold_out
 from posttrain.data.tokenize import (
     TokenizedExample,
     TokenizedPair,
@@ -26,7 +27,8 @@ from posttrain.data.tokenize import (
 
 __all__ = [
     "DataError", "LoadedExamples", "PreferenceExample", "PromptExample", "Record", "SFTExample",
-    "TokenizedExample", "TokenizedPair", "collect", "encode_text", "iter_rows", "load_examples",
+    "TokenizedExample", "TokenizedPair", "collect", "encode_text", "held_out_count", "hold_out", "iter_rows",
+    "load_examples",
     "pad_batch", "pad_preference_batch", "pad_sequences", "parse_preference", "parse_prompt",
     "parse_sft", "read_records", "render_chat", "tokenize_preference", "tokenize_prompt",
     "tokenize_sft", "write_jsonl",

@@ -13,13 +13,15 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 __all__ = [
     "LoraSettings",
+    "ModelNotFoundError",
     "count_parameters",
+    "from_pretrained",
     "load_causal_lm",
     "load_tokenizer",
     "resolve_device",
@@ -84,11 +86,80 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return torch.device(key)
 
 
-def _check_source(name_or_path: str | Path, what: str) -> str:
-    """Return ``name_or_path`` as a string if it is an existing local directory or an "owner/name" hub id.
+class ModelNotFoundError(FileNotFoundError):
+    """``name_or_path`` is neither an existing local directory nor a hub model that can be loaded.
 
-    Raises FileNotFoundError naming the path otherwise, instead of the hub client's long
-    "is not a valid model identifier" message for what is almost always a typo in a local path.
+    The message names the absolute local path that was looked for, and why the hub did not help
+    (offline and not cached, no such repository, unreachable). A `FileNotFoundError`, so the CLI
+    reports it as an error (exit code 1) without a traceback.
+    """
+
+
+def _local_hint(path: Path) -> str:
+    """', though <dir> exists' for the nearest existing parent directory when that is not the
+    working directory: the name is then most likely a mistyped local path."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return f", though {parent} exists" if parent not in (Path.cwd(), parent.parent) else ""
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """True when the hub cache (``HF_HUB_CACHE``) holds a snapshot of model `repo_id`."""
+    from huggingface_hub import constants
+
+    snapshots = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
+
+
+def _is_network_error(err: BaseException) -> bool:
+    """A connection / DNS / timeout failure, whichever HTTP client huggingface_hub uses."""
+    if isinstance(err, (ConnectionError, TimeoutError, OSError)):
+        return True
+    return any(cls.__name__ in ("TransportError", "RequestError", "Timeout", "ConnectTimeout")
+               for cls in type(err).__mro__)
+
+
+def _hub_problem(repo_id: str) -> str | None:
+    """Why hub id `repo_id` cannot be loaded, found with at most one quick request; None when it
+    may load (cached, exists, or an answer that only `from_pretrained` can judge).
+
+    One ``model_info`` request (no retries; at most ``HF_HUB_ETAG_TIMEOUT`` seconds, 10 by
+    default) replaces the ~50 s `from_pretrained` spends on an unreachable hub: huggingface_hub's
+    HTTP back-off retries each file 5 times, 1-8 s apart, and transformers asks for several files.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if _in_hub_cache(repo_id):
+        return None
+    if constants.is_offline_mode():
+        return (f"a hub model in the local cache ({constants.HF_HUB_CACHE}): offline mode is on "
+                "(HF_HUB_OFFLINE), so the hub was not asked")
+    try:
+        HfApi(endpoint=constants.ENDPOINT).model_info(repo_id, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except GatedRepoError:
+        return None  # it exists; from_pretrained says how to get access
+    except RepositoryNotFoundError:
+        return (f"a model on the Hugging Face hub ({constants.ENDPOINT} has no model {repo_id!r}, or it is "
+                "private and no token grants access)")
+    except HfHubHTTPError:
+        return None  # e.g. a 5xx: from_pretrained retries and reports it
+    except Exception as err:  # noqa: BLE001 - only network failures are judged here
+        if _is_network_error(err):
+            return (f"a reachable hub model (the hub at {constants.ENDPOINT} could not be reached: "
+                    f"{type(err).__name__}: {err}; HF_HUB_OFFLINE=1 uses cached models only)")
+        return None
+    return None
+
+
+def _check_source(name_or_path: str | Path, what: str) -> str:
+    """Return ``name_or_path`` as a string if it is an existing local directory or a loadable
+    "owner/name" hub id (cached, or found on the hub with one quick request).
+
+    Raises `ModelNotFoundError` naming the absolute local path otherwise, within seconds,
+    instead of the hub client's retries and long "is not a valid model identifier" message for
+    what is almost always a typo in a local path.
     """
     text = str(name_or_path)
     path = Path(text).expanduser()
@@ -96,11 +167,40 @@ def _check_source(name_or_path: str | Path, what: str) -> str:
         if not path.is_dir():
             raise FileNotFoundError(f"{what} path {text!r} is a file; expected a model directory")
         return str(path)
-    if _HUB_ID.match(text):
-        return text
-    raise FileNotFoundError(
-        f"{what} path {text!r} does not exist and is not a Hugging Face hub id of the form 'owner/name'"
-    )
+    local = path.absolute()
+    if not _HUB_ID.match(text):
+        raise ModelNotFoundError(
+            f"{what} path {text!r} does not exist (no local directory {local}{_local_hint(local)}) and is not "
+            f"a Hugging Face hub id of the form 'owner/name'"
+        )
+    problem = _hub_problem(text)
+    if problem is not None:
+        raise ModelNotFoundError(
+            f"{what} {text!r} was found neither as a local directory ({local} does not exist"
+            f"{_local_hint(local)}) nor as {problem}"
+        )
+    return text
+
+
+def from_pretrained(loader: Callable[..., Any], name_or_path: str | Path, what: str, **kwargs: Any) -> Any:
+    """``loader(source, **kwargs)`` (e.g. ``AutoModelForSequenceClassification.from_pretrained``)
+    for a local directory or a hub id, checked first by `_check_source` (`ModelNotFoundError`
+    within seconds). When a hub id passes the check but loading it fails (an OSError: no
+    config.json, gated, the network went), the error is re-raised as a `ModelNotFoundError` that
+    also says no local directory of that name exists."""
+    return _load_checked(loader, _check_source(name_or_path, what), what, **kwargs)
+
+
+def _load_checked(loader: Callable[..., Any], source: str, what: str, **kwargs: Any) -> Any:
+    """`from_pretrained` for a `source` that `_check_source` returned."""
+    try:
+        return loader(source, **kwargs)
+    except OSError as err:
+        if Path(source).is_dir():
+            raise
+        local = Path(source).expanduser().absolute()
+        raise ModelNotFoundError(f"{what} {source!r}: no local directory {local} exists, so it was loaded "
+                                 f"as a Hugging Face hub id, which failed: {type(err).__name__}: {err}") from err
 
 
 def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False) -> Any:
@@ -109,10 +209,10 @@ def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False)
     Reusing EOS as pad is safe in posttrain because masks are always built from lengths, never by
     comparing ids with the pad id. Padding side is left to the caller.
     """
+    source = _check_source(name_or_path, "tokenizer")  # before importing transformers: fails fast
     from transformers import AutoTokenizer
 
-    source = _check_source(name_or_path, "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    tokenizer = _load_checked(AutoTokenizer.from_pretrained, source, "tokenizer", trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer {source!r} has neither a pad token nor an eos token; set one explicitly")
@@ -168,14 +268,14 @@ def load_causal_lm(
         trust_remote_code: passed to transformers.
         attn_implementation: e.g. "eager", "sdpa", "flash_attention_2"; None lets transformers choose.
     """
+    source = _check_source(name_or_path, "model")  # before importing transformers: fails fast
     from transformers import AutoModelForCausalLM
 
-    source = _check_source(name_or_path, "model")
     target = resolve_device(device)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, target), "trust_remote_code": trust_remote_code}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model = _load_checked(AutoModelForCausalLM.from_pretrained, source, "model", **kwargs)
     model.to(target)
 
     if gradient_checkpointing:

@@ -17,7 +17,6 @@ them once per split (seeded), so their reference log-probs are cached with the o
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 import torch
@@ -25,11 +24,12 @@ import torch
 from posttrain.config import DataConfig, EvalConfig
 from posttrain.data.examples import LoadedExamples, SFTExample, UnpairedExample, collect, load_examples
 from posttrain.data.readers import DataError, iter_rows
+from posttrain.data.split import hold_out
 from posttrain.data.tokenize import (
     TokenizedExample, TokenizedPair, tokenize_preference, tokenize_prompt, tokenize_sft,
 )
 from posttrain.recipes.preference_data import load_preference_data
-from posttrain.recipes.sft_data import BUILTIN_ARITHMETIC
+from posttrain.recipes.sft_data import BUILTIN_ARITHMETIC, checked_eval_prompts
 
 LABEL_FIELD = "label"  # TRL's name for the desirable (true) / undesirable (false) column
 
@@ -136,9 +136,14 @@ def load_dpo_data(cfg: DataConfig, tokenizer, *, eval_cfg: EvalConfig, unpaired_
         pairs = load_preference_data(cfg, tokenizer, seed=seed, console=console)
         data = DPOData(PreferenceSplit.from_pairs(pairs.train), PreferenceSplit.from_pairs(pairs.eval),
                        pairs.eval_prompts, pairs.eval_prompt_ids, pairs.skipped)
+        if data.eval_prompts and not eval_cfg.prompts:
+            # The built-in task's held-out problems: every row has the same columns, so this
+            # either passes or raises (a column no row has).
+            checked_eval_prompts(data.eval_prompts, eval_cfg, cfg, BUILTIN_ARITHMETIC + "/test")
     if eval_cfg.prompts:
         loaded = load_examples(eval_cfg.prompts, "prompt", on_bad_row=cfg.on_bad_row, prompt_field=cfg.prompt_field)
-        data.eval_prompts = [{"prompt": ex.prompt, **ex.extras} for ex in loaded.examples]
+        data.eval_prompts = checked_eval_prompts([{"prompt": ex.prompt, **ex.extras} for ex in loaded.examples],
+                                                 eval_cfg, cfg, eval_cfg.prompts, [ex.row for ex in loaded.examples])
         data.eval_prompt_ids = [tokenize_prompt(row["prompt"], tokenizer) for row in data.eval_prompts]
         data.skipped += loaded.skipped
     return data
@@ -169,11 +174,9 @@ def _load_unpaired(cfg: DataConfig, tokenizer, *, seed: int, console=None) -> DP
         held_out_pairs = _load_pairs(cfg.eval, cfg, tokenizer)
     elif cfg.eval:
         held_out = load_examples(cfg.eval, "unpaired", on_bad_row=cfg.on_bad_row, **fields)
-    elif cfg.eval_fraction > 0 and len(train.examples) > 1:
-        shuffled = list(train.examples)
-        random.Random(seed).shuffle(shuffled)
-        cut = max(1, int(len(shuffled) * cfg.eval_fraction))
-        held_out.examples, train.examples = shuffled[:cut], shuffled[cut:]
+    else:
+        train.examples, held_out.examples = hold_out(train.examples, cfg.eval_fraction, seed,
+                                                     name="data.eval_fraction")
     train_tok = collect(train.examples, tokenize, on_bad_row=cfg.on_bad_row)
     eval_tok = collect(held_out.examples, tokenize, on_bad_row=cfg.on_bad_row)
     parts = [train, held_out, train_tok, eval_tok] + (list(held_out_pairs) if held_out_pairs else [])

@@ -1,5 +1,5 @@
 """Config of `posttrain rl`: GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++ and GSPO from one loop, and
-PPO (a critic, GAE and a KL-penalised reward) from its own loop in `recipes/ppo.py`.
+PPO (a critic, GAE and a KL-penalised reward) from its own loop in `recipes/rl/ppo.py`.
 
 `algorithm.name` picks a preset (posttrain/algorithms/presets.py, each citing its paper);
 every other `algorithm.*` key left at null takes the preset's value, and a key set in the
@@ -12,7 +12,7 @@ import dataclasses
 from typing import Literal, Union
 
 from posttrain.algorithms.presets import AlgorithmPreset, get_preset
-from posttrain.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require
+from posttrain.config import ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require
 
 # Advantage estimators that need a critic's values; algorithms using them run the PPO loop.
 CRITIC_ESTIMATORS = frozenset({"gae"})
@@ -52,6 +52,9 @@ class AlgorithmConfig:
 
 @dataclasses.dataclass
 class RolloutConfig:
+    # What samples the rollouts: `hf` (in-process, the trained module itself) or an import path
+    # `package.module:function` taking (model, tokenizer) and returning an Engine (engines/factory.py).
+    engine: str = "hf"
     prompts_per_step: int = 16
     samples_per_prompt: int = 8
     max_new_tokens: int = 16
@@ -67,14 +70,23 @@ class RewardConfig:
     # Reward names (`arithmetic`, `math`, `code`) or import paths `package.module:function`.
     functions: list[str] = dataclasses.field(default_factory=lambda: ["arithmetic"])
     weights: Union[list[float], None] = None
-    # A reward that raises / returns a non-number: score 0 ("zero"), exclude ("none") or stop ("raise").
-    # Failures are counted in the metrics (rewards/<name>/raised) either way.
+    # A reward that raises, times out or returns a non-number (NaN, inf, a string): score 0 ("zero"),
+    # exclude ("none") or stop ("raise"). Failures are counted in the metrics
+    # (rewards/<name>/raised, timed_out, invalid) either way.
     on_error: Literal["zero", "none", "raise"] = "zero"
-    # Seconds per item; runs plain functions in a worker process (the only way to stop a hang).
-    timeout_s: Union[float, None] = None
+    # Seconds per reward call, always enforced: plain functions run in a worker process that is
+    # killed on a hang (the only way to stop one); rewards with a `batch` method (math, reward
+    # models) keep their own limits. 30 s is far above any legitimate call of the built-in rewards
+    # and above the code sandbox's own 10 s limit (posttrain/verifiers/combine.py explains).
+    timeout_s: float = 30.0
     # Subtracted from the reward of a response that hit max_new_tokens without EOS (a reward model
     # would otherwise score the unfinished text as if it had ended). null = no penalty.
     missing_eos_penalty: Union[float, None] = None
+
+    def __post_init__(self) -> None:
+        # Checked here, as the section is built, since a reward call without a limit can hang the run.
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or not self.timeout_s > 0:
+            raise ConfigError(f"reward.timeout_s must be a number of seconds > 0, got {self.timeout_s!r}")
 
 
 @dataclasses.dataclass
@@ -110,7 +122,7 @@ class RLConfig:
     updates_per_batch: int = 1
 
     def needs_critic(self) -> bool:
-        """True when the algorithm's advantage needs a value model (ppo): `rl.train` then runs `recipes/ppo.py`."""
+        """True when the algorithm's advantage needs a value model (ppo): `rl.train` then runs `recipes/rl/ppo.py`."""
         return self.algorithm.resolve().advantage in CRITIC_ESTIMATORS
 
     def validate(self) -> None:

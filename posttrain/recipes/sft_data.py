@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from posttrain.config import DataConfig, EvalConfig
 from posttrain.data.examples import LoadedExamples, collect, load_examples, parse_prompt, parse_sft
 from posttrain.data.readers import Record
+from posttrain.data.split import hold_out
 from posttrain.data.tokenize import TokenizedExample, tokenize_prompt, tokenize_sft
 from posttrain.envs.arithmetic import ArithmeticTask, sft_rows
+from posttrain.rewards import check_reward_columns
 
 BUILTIN_ARITHMETIC = "builtin:arithmetic"
 
@@ -53,6 +54,10 @@ def load_sft_data(cfg: DataConfig, tokenizer, *, eval_cfg: EvalConfig, seed: int
     if eval_cfg.prompts:
         loaded = load_examples(eval_cfg.prompts, "prompt", on_bad_row=cfg.on_bad_row, prompt_field=cfg.prompt_field)
         prompt_rows = [{"prompt": ex.prompt, **ex.extras} for ex in loaded.examples]
+        prompt_rows = checked_eval_prompts(prompt_rows, eval_cfg, cfg, eval_cfg.prompts,
+                                           [ex.row for ex in loaded.examples])
+    elif prompt_rows:
+        prompt_rows = checked_eval_prompts(prompt_rows, eval_cfg, cfg, BUILTIN_ARITHMETIC + "/test")
 
     train_tok, eval_tok, skipped = tokenize_splits(
         train, held_out, lambda example: tokenize_sft(example, tokenizer, cfg.max_length), cfg.on_bad_row,
@@ -66,18 +71,25 @@ def load_sft_data(cfg: DataConfig, tokenizer, *, eval_cfg: EvalConfig, seed: int
     )
 
 
+def checked_eval_prompts(rows: list[dict], eval_cfg: EvalConfig, cfg: DataConfig, source: str,
+                         row_numbers: list[int] | None = None) -> list[dict]:
+    """The evaluation prompt rows, checked for the columns `eval_cfg.reward` needs: a DataError
+    naming `source` and the column, or (``data.on_bad_row=skip``) without the rows that lack it."""
+    if not eval_cfg.reward or not rows:
+        return rows
+    keep = check_reward_columns([eval_cfg.reward], rows, source=source, row_numbers=row_numbers,
+                                on_bad_row=cfg.on_bad_row)
+    return rows if len(keep) == len(rows) else [rows[i] for i in keep]
+
+
 def load_file_splits(cfg: DataConfig, shape: str, seed: int, **fields: str) -> tuple[LoadedExamples, LoadedExamples]:
     """Training and held-out examples of `shape` from files: `cfg.eval` when given, else a seeded
-    `cfg.eval_fraction` of the training rows."""
+    `cfg.eval_fraction` of the training rows (`posttrain.data.split.hold_out`)."""
     train = load_examples(cfg.train, shape, on_bad_row=cfg.on_bad_row, split=cfg.split, limit=cfg.limit, **fields)
     if cfg.eval:
         return train, load_examples(cfg.eval, shape, on_bad_row=cfg.on_bad_row, **fields)
     held_out = LoadedExamples([])
-    if cfg.eval_fraction > 0 and len(train.examples) > 1:
-        shuffled = list(train.examples)
-        random.Random(seed).shuffle(shuffled)
-        cut = max(1, int(len(shuffled) * cfg.eval_fraction))
-        held_out.examples, train.examples = shuffled[:cut], shuffled[cut:]
+    train.examples, held_out.examples = hold_out(train.examples, cfg.eval_fraction, seed, name="data.eval_fraction")
     return train, held_out
 
 

@@ -187,12 +187,18 @@ def code_reward(
     return 1.0 if report.passed and all(report.passed) else 0.0
 
 
+# The dataset column it needs (`posttrain.rewards.check_reward_columns` checks prompt files for it).
+code_reward.required_columns = ("tests",)  # type: ignore[attr-defined]
+
+
 class CodeVerifier:
     """`code_reward` with fixed options and a `batch` method that runs sandboxes in parallel.
 
     Each completion gets its own sandboxed process (~40 ms of start-up on a 2-core machine);
     `max_parallel` of them run at once from a thread pool (threads only wait on processes).
     """
+
+    required_columns = ("tests",)
 
     def __init__(self, *, mode: Mode = "all", limits: SandboxLimits | None = None,
                  per_test_timeout_s: float = 3.0, max_parallel: int = 2) -> None:

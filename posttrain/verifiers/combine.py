@@ -16,6 +16,19 @@ a hung Python call. The price: the function must be picklable (defined at module
 item costs a pickle round trip (~0.1 ms), the pool's first use costs a process start (~0.1-1 s),
 and every timeout costs a restart. Without ``timeout_s`` functions run in this process at no
 extra cost. Functions with a ``batch`` method enforce their own timeouts.
+
+The recipes' configs (``reward.timeout_s``, ``eval.timeout_s``) default to
+`DEFAULT_TIMEOUT_S` = 30 s, so a hung reward costs at most that per item instead of the run.
+Why 30 s: a legitimate call of the built-in rewards takes microseconds (arithmetic, format) to a
+few seconds (math-verify on a hard expression, which `MathVerifier` itself stops after 5 s; the
+`code` reward, whose sandbox kills its own process group after 10 s); 30 s stays well above all
+of them -- above the sandbox's limit in particular, so its own clean-up always runs first -- and
+still ends a hang. `RewardRunner` itself defaults to no timeout (in-process), so that library
+users may pass lambdas and closures.
+
+A runner given ``warn`` calls it once, with the counts and the first traceback, the first time a
+reward raises, times out or returns a non-number; `RewardRunner.summary` gives the one-line
+account for the end of a run.
 """
 
 from __future__ import annotations
@@ -30,6 +43,8 @@ from posttrain.verifiers.workers import Outcome, WorkerPool
 RewardFn = Callable[..., "float | None"]
 OnError = Literal["zero", "none", "raise"]
 _RESERVED = ("prompt", "completion")
+# Seconds per reward call that the recipes' configs default to (see the module doc for why).
+DEFAULT_TIMEOUT_S = 30.0
 
 
 class RewardError(RuntimeError):
@@ -96,8 +111,10 @@ class RewardStats:
 
     Attributes:
         calls: items scored.
-        raised: items whose call raised (or returned a non-number, or whose worker died).
+        raised: items whose call raised (or whose worker died).
         timed_out: items stopped by the timeout.
+        invalid: items whose call returned something that is not a finite number or None
+            (NaN, inf, a string, ...).
         none: items the function itself called not scorable (returned None).
         first_error: the first traceback or reason seen, for the log.
     """
@@ -105,15 +122,28 @@ class RewardStats:
     calls: int = 0
     raised: int = 0
     timed_out: int = 0
+    invalid: int = 0
     none: int = 0
     first_error: str | None = None
+
+    @property
+    def failed(self) -> int:
+        """Items scored per ``on_error``: raised, timed out or invalid."""
+        return self.raised + self.timed_out + self.invalid
 
     def add(self, other: "RewardStats") -> None:
         self.calls += other.calls
         self.raised += other.raised
         self.timed_out += other.timed_out
+        self.invalid += other.invalid
         self.none += other.none
         self.first_error = self.first_error or other.first_error
+
+    def describe(self) -> str:
+        """E.g. "3 raised, 1 timed out, 2 invalid (NaN, inf or not a number) of 640 calls"."""
+        parts = [f"{n} {label}" for n, label in ((self.raised, "raised"), (self.timed_out, "timed out"),
+                                                 (self.invalid, "invalid (NaN, inf or not a number)")) if n]
+        return f"{', '.join(parts) or 'no failures'} of {self.calls} calls"
 
 
 class SafeReward:
@@ -131,7 +161,11 @@ class SafeReward:
         has_batch = callable(getattr(fn, "batch", None))
         self._pool = None
         if timeout_s is not None and not has_batch:
-            self._pool = WorkerPool(fn, timeout_s=timeout_s, mp_context=mp_context)
+            try:
+                self._pool = WorkerPool(fn, timeout_s=timeout_s, mp_context=mp_context)
+            except TypeError as err:  # not picklable: say which reward, and why it has to be
+                raise TypeError(f"reward {self.name!r}: a timeout runs it in a worker process, so it must be "
+                                f"a module-level function: {err}") from err
 
     def close(self) -> None:
         if self._pool is not None:
@@ -178,12 +212,14 @@ class SafeReward:
             try:
                 score = _as_score(outcome.value)
             except (TypeError, ValueError) as err:
-                status, error = "error", str(err)
+                status, error = "invalid", str(err)
             else:
                 stats.none += score is None
                 return score
         if status == "timeout":
             stats.timed_out += 1
+        elif status == "invalid":
+            stats.invalid += 1
         else:
             stats.raised += 1
         stats.first_error = stats.first_error or error
@@ -224,32 +260,63 @@ class RewardReport:
         for name, st in self.stats.items():
             out[f"{prefix}/{name}/raised"] = float(st.raised)
             out[f"{prefix}/{name}/timed_out"] = float(st.timed_out)
+            out[f"{prefix}/{name}/invalid"] = float(st.invalid)
         return out
+
+    @property
+    def failed(self) -> int:
+        """Items of this batch, summed over functions, that raised, timed out or were invalid."""
+        return sum(st.failed for st in self.stats.values())
 
     def errors(self) -> dict[str, str]:
         """The first traceback of each function that failed in this batch."""
         return {name: st.first_error for name, st in self.stats.items() if st.first_error}
 
 
+def _last_line(error: str) -> str:
+    """The last non-blank line of a traceback ("KeyError: 'answer'"), for one-line summaries."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else error
+
+
 class RewardRunner:
     """Score batches with several named reward functions and a weighted total.
 
     Args:
-        rewards: name -> reward function (a `SafeReward` is used as it is).
+        rewards: name -> reward function. A `SafeReward` is used as it is (its own on_error and
+            timeout) and is not closed by `close`, so several runners may share one.
         weights: name -> weight; default 1.0 each.
-        on_error, timeout_s, mp_context: passed to `safe_reward` for each function.
+        on_error, timeout_s, mp_context: passed to `safe_reward` for each function. `timeout_s`
+            None (the default here) runs plain functions in this process without a timeout;
+            the recipes pass their config's ``timeout_s`` (`DEFAULT_TIMEOUT_S` unless set).
+        warn: called once, with a readable message (reward, counts, on_error, the first
+            traceback), the first time a call raises, times out or returns a non-number.
+
+    `totals` accumulates each function's counts over the runner's lifetime; `summary()` turns
+    them into one line for the end of a run.
     """
 
     def __init__(self, rewards: Mapping[str, RewardFn], weights: Mapping[str, float] | None = None, *,
-                 on_error: OnError = "zero", timeout_s: float | None = None, mp_context: str = "spawn") -> None:
+                 on_error: OnError = "zero", timeout_s: float | None = None, mp_context: str = "spawn",
+                 warn: Callable[[str], None] | None = None) -> None:
         weights = dict(weights) if weights is not None else {name: 1.0 for name in rewards}
         _check_names(rewards, weights)
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 seconds (or None: no timeout), got {timeout_s}")
         self.weights = {name: float(w) for name, w in weights.items()}
-        self.rewards = {
-            name: fn if isinstance(fn, SafeReward)
-            else safe_reward(fn, on_error=on_error, timeout_s=timeout_s, name=name, mp_context=mp_context)
-            for name, fn in rewards.items()
-        }
+        self.on_error = on_error
+        self.warn = warn
+        self._owned: list[SafeReward] = []
+        self.rewards: dict[str, SafeReward] = {}
+        for name, fn in rewards.items():
+            if isinstance(fn, SafeReward):
+                self.rewards[name] = fn
+            else:
+                self.rewards[name] = safe_reward(fn, on_error=on_error, timeout_s=timeout_s, name=name,
+                                                 mp_context=mp_context)
+                self._owned.append(self.rewards[name])
+        self.totals: dict[str, RewardStats] = {name: RewardStats() for name in self.rewards}
+        self._warned = False
 
     def __enter__(self) -> "RewardRunner":
         return self
@@ -258,7 +325,8 @@ class RewardRunner:
         self.close()
 
     def close(self) -> None:
-        for reward in self.rewards.values():
+        """Stop the worker processes of the rewards this runner wrapped (not of shared `SafeReward`s)."""
+        for reward in self._owned:
             reward.close()
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[str],
@@ -271,9 +339,44 @@ class RewardRunner:
         per_reward, stats = {}, {}
         for name, reward in self.rewards.items():
             per_reward[name], stats[name] = reward.score(prompts, completions, rows)
+            self.totals[name].add(stats[name])
         total = []
         for i in range(len(completions)):
             parts = [per_reward[name][i] for name in self.rewards]
             total.append(None if any(p is None for p in parts)
                          else sum(self.weights[name] * p for name, p in zip(self.rewards, parts)))
-        return RewardReport(total=total, per_reward=per_reward, stats=stats)
+        report = RewardReport(total=total, per_reward=per_reward, stats=stats)
+        if self.warn is not None and not self._warned and report.failed:
+            self._warned = True
+            self.warn(self._first_failure_message(stats))
+        return report
+
+    def _scored_as(self, name: str) -> str:
+        on_error = self.rewards[name].on_error
+        return {"zero": "scored 0.0", "none": "left out as not scorable"}.get(on_error, "raised")
+
+    def _first_failure_message(self, stats: Mapping[str, RewardStats]) -> str:
+        lines = []
+        for name, st in stats.items():
+            if st.failed:
+                lines.append(f"reward {name!r} failed on {st.describe()} in this batch; such items are "
+                             f"{self._scored_as(name)} (on_error={self.rewards[name].on_error!r}) and counted "
+                             f"in the metrics. First error:\n{(st.first_error or '').rstrip()}")
+        return "\n".join(lines) + "\n(further failures are only counted; the run's end prints the totals)"
+
+    def total_stats(self) -> RewardStats:
+        """All functions' lifetime counts added up (``first_error``: the first failing function's)."""
+        out = RewardStats()
+        for st in self.totals.values():
+            out.add(st)
+        return out
+
+    def summary(self) -> str | None:
+        """One line for the end of a run, e.g. "reward errors: 'arithmetic' 3 raised, 1 timed out
+        of 640 calls (first: KeyError: 'answer')", or None when no call failed."""
+        parts = []
+        for name, st in self.totals.items():
+            if st.failed:
+                first = f" (first: {_last_line(st.first_error)})" if st.first_error else ""
+                parts.append(f"{name!r} {st.describe()}{first}")
+        return "reward errors: " + "; ".join(parts) if parts else None

@@ -84,6 +84,8 @@ class MathVerifier:
     ``counts`` accumulates "scored", "timed_out", "errors" and "unscorable" over its lifetime.
     """
 
+    required_columns = ("answer",)  # the dataset column it needs (see `posttrain.rewards.check_reward_columns`)
+
     def __init__(
         self,
         *,
@@ -172,3 +174,5 @@ def _math_reward_batch(prompts: Sequence[Any], completions: Sequence[str], rows:
 
 # `RewardRunner` looks for a `batch` attribute and, when present, scores a whole batch at once.
 math_reward.batch = _math_reward_batch  # type: ignore[attr-defined]
+# The dataset column it needs (`posttrain.rewards.check_reward_columns` checks prompt files for it).
+math_reward.required_columns = ("answer",)  # type: ignore[attr-defined]

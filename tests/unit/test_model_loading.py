@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.models.loading import (
     LoraSettings,
+    ModelNotFoundError,
     count_parameters,
     load_causal_lm,
     load_tokenizer,
@@ -100,6 +102,51 @@ def test_missing_local_path_names_the_path(tmp_path):
         load_tokenizer(missing)
     with pytest.raises(FileNotFoundError, match=r"'\./checkpoints/run1/final'"):
         load_causal_lm("./checkpoints/run1/final")
+
+
+def test_missing_relative_path_that_looks_like_a_hub_id_fails_fast_naming_the_local_path(tmp_path, monkeypatch):
+    # `runs/no-such-model` is also a valid "owner/name": before the fix it went to the hub (~50 s of
+    # retries without HF_HUB_OFFLINE) and the error never mentioned the local path.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    expected = str(tmp_path / "runs" / "no-such-model")
+    for load in (load_tokenizer, load_causal_lm):
+        start = time.monotonic()
+        with pytest.raises(ModelNotFoundError) as info:
+            load("runs/no-such-model")
+        assert time.monotonic() - start < 5
+        message = str(info.value)
+        assert expected in message and "neither as a local directory" in message, message
+        assert "offline mode is on" in message and f"though {tmp_path / 'runs'} exists" in message
+        assert isinstance(info.value, FileNotFoundError)  # the CLI's exit code 1, no traceback
+
+
+def test_unreachable_hub_is_one_quick_attempt_naming_the_local_path(tmp_path, monkeypatch):
+    # Online mode against an endpoint that refuses connections at once (nothing leaves the machine).
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.chdir(tmp_path)
+    start = time.monotonic()
+    with pytest.raises(ModelNotFoundError) as info:
+        load_causal_lm("runs/no-such-model")
+    assert time.monotonic() - start < 5
+    message = str(info.value)
+    assert str(tmp_path / "runs" / "no-such-model") in message
+    assert "the hub at http://127.0.0.1:9 could not be reached" in message, message
+
+
+def test_hub_errors_after_the_check_still_name_the_local_path(tmp_path, monkeypatch):
+    # A hub id that passed the check (here: faked as cached) but fails to load: the hub's error,
+    # plus the fact that no local directory of that name exists.
+    import posttrain.models.loading as loading
+
+    monkeypatch.setattr(loading, "_in_hub_cache", lambda repo_id: True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"no local directory .*owner/model exists, so it was loaded as a "
+                                                  r"Hugging Face hub id, which failed: OSError"):
+        load_tokenizer("owner/model")
 
 
 def test_file_instead_of_directory_is_a_clear_error(tmp_path):

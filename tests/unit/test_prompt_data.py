@@ -7,9 +7,9 @@ pytest.importorskip("reasoning_gym")
 from posttrain.config import ConfigError, DataConfig, load_config  # noqa: E402
 from posttrain.envs.reasoning_gym import reasoning_gym_reward  # noqa: E402
 from posttrain.models.loading import load_tokenizer  # noqa: E402
-from posttrain.recipes.common import resolve_model_path  # noqa: E402
+from posttrain.models.build import resolve_model_path  # noqa: E402
 from posttrain.recipes.prompt_data import load_prompt_sets  # noqa: E402
-from posttrain.recipes.rl_config import RLConfig  # noqa: E402
+from posttrain.recipes.rl.config import RLConfig  # noqa: E402
 
 
 def test_reasoning_gym_source_with_options_from_overrides():
