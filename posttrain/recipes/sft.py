@@ -11,6 +11,7 @@ Dividing every micro-batch by the whole step's token count makes gradient accumu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -22,12 +23,11 @@ from posttrain.config import (
 )
 from posttrain.data.collate import pad_batch
 from posttrain.engines.factory import build_engine
-from posttrain.evaluation import task_accuracy
+from posttrain.evaluation import eval_config_runner, task_accuracy
 from posttrain.models.build import load_model_and_tokenizer
 from posttrain.models.device import model_device
 from posttrain.recipes.sft_data import SFTData, load_sft_data
-from posttrain.rewards import resolve_reward
-from posttrain.training.loop import TrainingLoop, set_seed, start_run
+from posttrain.training.loop import TrainingLoop, set_seed, start_run, warn_to
 from posttrain.training.modes import train_mode
 from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients
 from posttrain.training.order import step_indices
@@ -53,7 +53,8 @@ class SFTConfig:
 def train(cfg: SFTConfig) -> dict:
     """Run SFT as configured; returns the summary also written to `summary.json`."""
     run = start_run(cfg)
-    with run:
+    # The held-out task accuracy's reward (if `eval.reward` is set), under a timeout.
+    with run, (eval_config_runner(cfg.eval, warn=warn_to(run)) or contextlib.nullcontext()) as reward_fn:
         set_seed(cfg.run.seed)
         model, tokenizer = load_model_and_tokenizer(cfg.model)
         # Dropout stays as the model's config sets it: supervised targets are fixed, nothing compares
@@ -62,7 +63,6 @@ def train(cfg: SFTConfig) -> dict:
         device = model_device(model)
         data = load_sft_data(cfg.data, tokenizer, eval_cfg=cfg.eval, seed=cfg.run.seed, console=run.console)
         require(len(data.train) > 0, f"no usable training rows in {cfg.data.train}")
-        reward_fn = resolve_reward(cfg.eval.reward) if cfg.eval.reward else None
 
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
@@ -89,7 +89,7 @@ def train(cfg: SFTConfig) -> dict:
         loop.train(sft_step, description="sft", postfix=lambda m: {"loss": f"{m['train/loss']:.4f}"})
         return loop.finish(
             {"recipe": "sft", "steps": cfg.steps, "skipped_rows": data.skipped},
-            model=model, plot_name="sft_curves.png", title=f"SFT: {cfg.run.name}",
+            model=model, reward_runners=(reward_fn,), plot_name="sft_curves.png", title=f"SFT: {cfg.run.name}",
             plot_keys=["train/loss", "eval/loss", "eval/accuracy_greedy", "eval/accuracy_sampled"])
 
 

@@ -40,6 +40,11 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def warn_to(run: Run) -> Callable[[str], None]:
+    """A `warn` callback printing to the run's console (no rich markup: tracebacks hold brackets)."""
+    return lambda message: run.console.print(f"warning: {message}", markup=False, style="yellow")
+
+
 def start_run(cfg, extra_config: dict | None = None) -> Run:
     """Create (or resume) the run directory a recipe config's `run` section names; the saved
     config is the whole recipe config plus `extra_config` (e.g. the resolved algorithm)."""
@@ -136,11 +141,13 @@ class TrainingLoop:
                                        "first_eval": self.first_eval})
 
     def finish(self, summary: dict, *, model: torch.nn.Module, plot_keys: list[str], plot_name: str, title: str,
-               also_save: dict[str, torch.nn.Module] | None = None) -> dict:
+               also_save: dict[str, torch.nn.Module] | None = None, reward_runners: tuple = ()) -> dict:
         """Save `model` (HF format) to the run's `model/` (and each of `also_save` to its own
         directory, recorded as `<name>_dir`), plot `plot_keys`, write `summary.json` — the
         recipe's fields plus the model and plot paths, seconds, every before/after evaluation
-        figure and the ledger — print the ledger, and return the summary."""
+        figure, the ledger and a line per reward runner that saw failures (`reward_errors`,
+        also printed) — print the ledger, and return the summary."""
+        errors = [line for runner in reward_runners if runner is not None and (line := runner.summary())]
         extra_dirs = {f"{name}_dir": str(save_model(module, self.tokenizer, self.run.dir / name))
                       for name, module in (also_save or {}).items()}
         model_dir = save_model(model, self.tokenizer, self.run.model_dir)
@@ -151,7 +158,10 @@ class TrainingLoop:
             **{f"before/{k}": v for k, v in self.first_eval.items()},
             **{f"after/{k}": v for k, v in self.final_eval.items()},
             **self.ledger.metrics(),
+            **({"reward_errors": errors} if errors else {}),
         }
         self.run.write_summary(summary)
         self.run.console.print(self.ledger.table())
+        for line in errors:
+            self.run.console.print(line, markup=False, style="yellow")
         return summary

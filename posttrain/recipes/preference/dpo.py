@@ -24,6 +24,7 @@ shared prompt is run once for both of its responses.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import NamedTuple, Union
 
@@ -39,12 +40,11 @@ from posttrain.config import (
 )
 from posttrain.data.tokenize import TokenizedExample
 from posttrain.engines.factory import build_engine
-from posttrain.evaluation import task_accuracy
+from posttrain.evaluation import eval_config_runner, task_accuracy
 from posttrain.models.build import load_model_and_tokenizer
 from posttrain.models.sequence_logprobs import pair_logps, sequence_logps, shares_prompts
 from posttrain.recipes.dpo_data import DPOData, PreferenceSplit, load_dpo_data, mismatched_sequences
-from posttrain.rewards import resolve_reward
-from posttrain.training.loop import TrainingLoop, set_seed, start_run
+from posttrain.training.loop import TrainingLoop, set_seed, start_run, warn_to
 from posttrain.training.modes import train_mode
 from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients
 from posttrain.training.order import step_indices
@@ -132,7 +132,8 @@ def train(cfg: DPOConfig) -> dict:
     """Run the configured preference loss; returns the summary also written to `summary.json`."""
     spec, params = cfg.loss.resolve()
     run = start_run(cfg, {"resolved_loss": dataclasses.asdict(params)})
-    with run:
+    # The held-out task accuracy's reward (if `eval.reward` is set), under a timeout.
+    with run, (eval_config_runner(cfg.eval, warn=warn_to(run)) or contextlib.nullcontext()) as reward_fn:
         set_seed(cfg.run.seed)
         run.print(f"loss {cfg.loss.type}: {dataclasses.asdict(params)}")
         model, tokenizer = load_model_and_tokenizer(cfg.model)
@@ -144,7 +145,6 @@ def train(cfg: DPOConfig) -> dict:
         kl_train = mismatched_sequences(data.train, seed=cfg.run.seed) if spec.needs_kl_baseline else None
         kl_eval = (mismatched_sequences(data.eval, seed=cfg.run.seed + 1)
                    if spec.needs_kl_baseline and len(data.eval) > 1 else None)
-        reward_fn = resolve_reward(cfg.eval.reward) if cfg.eval.reward else None
 
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
@@ -179,7 +179,7 @@ def train(cfg: DPOConfig) -> dict:
         loop.train(dpo_step, description=cfg.loss.type, postfix=lambda m: {"loss": f"{m['train/loss']:.4f}"})
         return loop.finish(
             {"recipe": "dpo", "loss": cfg.loss.type, "steps": cfg.steps, "skipped_rows": data.skipped},
-            model=model, plot_name="dpo_curves.png", title=f"{cfg.loss.type}: {cfg.run.name}",
+            model=model, reward_runners=(reward_fn,), plot_name="dpo_curves.png", title=f"{cfg.loss.type}: {cfg.run.name}",
             plot_keys=["train/loss", "train/rewards/margin", "train/logps/chosen", "eval/preference_accuracy",
                        "eval/rewards/margin", "eval/logps/chosen", "eval/accuracy_greedy", "eval/accuracy_sampled"])
 

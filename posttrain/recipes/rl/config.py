@@ -1,3 +1,175 @@
-"""Temporary: the RL config moves here from recipes/rl_config.py."""
-from posttrain.recipes.rl_config import *  # noqa: F401,F403
-from posttrain.recipes.rl_config import AlgorithmConfig, CriticConfig, RLConfig, RewardConfig, RolloutConfig, CRITIC_ESTIMATORS  # noqa: F401
+"""Config of `posttrain rl`: GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++ and GSPO from one loop, and
+PPO (a critic, GAE and a KL-penalised reward) from its own loop in `recipes/rl/ppo.py`.
+
+`algorithm.name` picks a preset (posttrain/algorithms/presets.py, each citing its paper);
+every other `algorithm.*` key left at null takes the preset's value, and a key set in the
+config wins. The resolved combination is printed and logged at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Union
+
+from posttrain.algorithms.presets import AlgorithmPreset, get_preset
+from posttrain.config import ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require
+
+# Advantage estimators that need a critic's values; algorithms using them run the PPO loop.
+CRITIC_ESTIMATORS = frozenset({"gae"})
+
+
+@dataclasses.dataclass
+class AlgorithmConfig:
+    name: str = "grpo"
+    advantage: Union[str, None] = None
+    policy_loss: Union[str, None] = None
+    aggregation: Union[str, None] = None
+    eps_low: Union[float, None] = None
+    eps_high: Union[float, None] = None
+    dual_clip: Union[float, None] = None
+    kl_coef: Union[float, None] = None
+    kl_estimator: Union[str, None] = None
+    kl_placement: Union[Literal["loss", "reward"], None] = None
+    dynamic_sampling: Union[bool, None] = None
+    overlong_cache_fraction: Union[float, None] = None
+    # For "seq-mean-token-sum-norm": a number, or "max_new_tokens" (Dr. GRPO's constant).
+    loss_normaliser: Union[float, str, None] = None
+    # GAE discount and λ (ppo).
+    gamma: Union[float, None] = None
+    lam: Union[float, None] = None
+    # Adaptive KL (ppo; Ziegler et al. 2019): target KL per sample in nats (summed over its tokens),
+    # and the horizon in samples over which β reacts. kl_target null = β fixed at kl_coef.
+    kl_target: Union[float, None] = None
+    kl_horizon: Union[float, None] = None
+
+    def resolve(self) -> AlgorithmPreset:
+        """The preset with every non-null key of this section laid over it."""
+        preset = get_preset(self.name)
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name != "name" and getattr(self, f.name) is not None}
+        return dataclasses.replace(preset, **changes)
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    # What samples the rollouts: `hf` (in-process, the trained module itself) or an import path
+    # `package.module:function` taking (model, tokenizer) and returning an Engine (engines/factory.py).
+    engine: str = "hf"
+    prompts_per_step: int = 16
+    samples_per_prompt: int = 8
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    # DAPO dynamic sampling: how many extra generation rounds may refill dropped groups.
+    max_refill_rounds: int = 3
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    # Reward names (`arithmetic`, `math`, `code`) or import paths `package.module:function`.
+    functions: list[str] = dataclasses.field(default_factory=lambda: ["arithmetic"])
+    weights: Union[list[float], None] = None
+    # A reward that raises, times out or returns a non-number (NaN, inf, a string): score 0 ("zero"),
+    # exclude ("none") or stop ("raise"). Failures are counted in the metrics
+    # (rewards/<name>/raised, timed_out, invalid) either way.
+    on_error: Literal["zero", "none", "raise"] = "zero"
+    # Seconds per reward call, always enforced: plain functions run in a worker process that is
+    # killed on a hang (the only way to stop one); rewards with a `batch` method (math, reward
+    # models) keep their own limits. 30 s is far above any legitimate call of the built-in rewards
+    # and above the code sandbox's own 10 s limit (posttrain/verifiers/combine.py explains).
+    timeout_s: float = 30.0
+    # Subtracted from the reward of a response that hit max_new_tokens without EOS (a reward model
+    # would otherwise score the unfinished text as if it had ended). null = no penalty.
+    missing_eos_penalty: Union[float, None] = None
+
+    def __post_init__(self) -> None:
+        # Checked here, as the section is built, since a reward call without a limit can hang the run.
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or not self.timeout_s > 0:
+            raise ConfigError(f"reward.timeout_s must be a number of seconds > 0, got {self.timeout_s!r}")
+
+
+@dataclasses.dataclass
+class CriticConfig:
+    """The value model of algorithms that need one (ppo): a scalar head on a causal LM."""
+
+    # "policy": the policy checkpoint with a fresh value head; or a reward-model directory
+    # (`reward_model:<dir>` or just `<dir>`): its backbone and head, as is common in RLHF.
+    init: str = "policy"
+    # Weight of the value loss next to the policy loss (one optimizer steps both models).
+    vf_coef: float = 0.1
+    # The value clip ε: V may move at most ε from its rollout-time value per batch. null = no clip.
+    value_clip: Union[float, None] = 0.2
+
+
+@dataclasses.dataclass
+class RLConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(eval_fraction=0.05))
+    optim: OptimConfig = dataclasses.field(
+        default_factory=lambda: OptimConfig(lr=1e-5, schedule="constant", max_grad_norm=1.0))
+    run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(name="rl", save_every=50))
+    eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(reward=None, num_samples=200))
+    algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+    critic: CriticConfig = dataclasses.field(default_factory=CriticConfig)
+    steps: int = 100
+    # Sequences per forward/backward pass; a step's prompts_per_step × samples_per_prompt
+    # sequences are split into micro-batches of this size (gradient accumulation in between).
+    micro_batch_size: int = 64
+    # Optimizer steps per rollout batch (PPO epochs); old log-probs are computed once per batch.
+    updates_per_batch: int = 1
+
+    def needs_critic(self) -> bool:
+        """True when the algorithm's advantage needs a value model (ppo): `rl.train` then runs `recipes/rl/ppo.py`."""
+        return self.algorithm.resolve().advantage in CRITIC_ESTIMATORS
+
+    def validate(self) -> None:
+        r = self.rollout
+        sequences = r.prompts_per_step * r.samples_per_prompt
+        require(self.steps > 0, f"steps must be > 0, got {self.steps}")
+        require(r.prompts_per_step > 0, "rollout.prompts_per_step must be > 0")
+        require(r.samples_per_prompt >= 1, "rollout.samples_per_prompt must be >= 1")
+        require(r.max_new_tokens > 0, "rollout.max_new_tokens must be > 0")
+        require(r.temperature > 0, "rollout.temperature must be > 0 for RL (the policy gradient needs sampling)")
+        require(self.micro_batch_size > 0, "micro_batch_size must be > 0")
+        require(sequences % self.micro_batch_size == 0,
+                f"rollout.prompts_per_step × rollout.samples_per_prompt ({r.prompts_per_step} × "
+                f"{r.samples_per_prompt} = {sequences} sequences) must be a multiple of micro_batch_size "
+                f"({self.micro_batch_size})")
+        require(self.updates_per_batch >= 1, "updates_per_batch must be >= 1")
+        require(self.reward.missing_eos_penalty is None or self.reward.missing_eos_penalty >= 0,
+                f"reward.missing_eos_penalty must be >= 0 (it is subtracted), got {self.reward.missing_eos_penalty}")
+        require(bool(self.reward.functions), "reward.functions must name at least one reward")
+        require(self.reward.weights is None or len(self.reward.weights) == len(self.reward.functions),
+                f"reward.weights has {len(self.reward.weights or [])} entries for "
+                f"{len(self.reward.functions)} reward.functions")
+        try:
+            algo = self.algorithm.resolve()
+        except (ValueError, TypeError) as err:
+            require(False, f"algorithm: {err}")
+        group_estimators = {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"}
+        require(algo.advantage not in group_estimators or r.samples_per_prompt >= 2,
+                f"algorithm {self.algorithm.name!r} uses a group baseline ({algo.advantage}): "
+                f"rollout.samples_per_prompt must be >= 2, got {r.samples_per_prompt}")
+        if algo.advantage in CRITIC_ESTIMATORS:
+            require(algo.kl_placement == "reward",
+                    f"algorithm {self.algorithm.name!r} (a critic with {algo.advantage}) puts the KL penalty in "
+                    f"the reward; kl_placement must be 'reward', got {algo.kl_placement!r}")
+            require(0 <= algo.gamma <= 1 and 0 <= algo.lam <= 1,
+                    f"algorithm.gamma and algorithm.lam must lie in [0, 1], got {algo.gamma} and {algo.lam}")
+            require(self.critic.vf_coef > 0, f"critic.vf_coef must be > 0, got {self.critic.vf_coef}")
+            require(self.critic.value_clip is None or self.critic.value_clip > 0,
+                    f"critic.value_clip must be > 0 or null, got {self.critic.value_clip}")
+            require(bool(self.critic.init.strip()), "critic.init must be 'policy' or a reward-model directory")
+        require(algo.kl_target is None or (algo.kl_target > 0 and algo.kl_coef > 0),
+                f"algorithm.kl_target (adaptive KL) must be > 0 and start from kl_coef > 0, got "
+                f"kl_target={algo.kl_target}, kl_coef={algo.kl_coef}")
+        require(algo.kl_target is None or algo.advantage in CRITIC_ESTIMATORS,
+                f"algorithm.kl_target (adaptive KL) is implemented by the critic loop only (ppo), not by "
+                f"{self.algorithm.name!r}")
+        require(algo.kl_horizon > 0, f"algorithm.kl_horizon must be > 0, got {algo.kl_horizon}")
+        require(algo.loss_normaliser is None or isinstance(algo.loss_normaliser, float)
+                or algo.loss_normaliser == "max_new_tokens",
+                f"algorithm.loss_normaliser must be a number or 'max_new_tokens', got {algo.loss_normaliser!r}")

@@ -36,7 +36,7 @@ from posttrain.models.reference import reference_model
 from posttrain.recipes.prompt_data import load_prompt_sets
 from posttrain.recipes.rl.batch import RolloutBatch
 from posttrain.recipes.rl.config import RLConfig
-from posttrain.recipes.rl.rewards import eval_reward, reward_runner
+from posttrain.recipes.rl.rewards import reward_runners
 from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
 from posttrain.recipes.rl_eval import evaluate_prompts
 from posttrain.run import Run
@@ -49,15 +49,15 @@ def train(cfg: RLConfig) -> dict:
     """Run RL as configured; returns the summary also written to `summary.json`."""
     algo = cfg.algorithm.resolve()
     run = start_run(cfg, {"resolved_algorithm": algo.as_dict()})
-    with run, reward_runner(cfg, run) as rewards:
+    with run, reward_runners(cfg, run) as (rewards, score_eval):
         set_seed(cfg.run.seed)
         run.print(f"algorithm {cfg.algorithm.name}: {algo.as_dict()}")
         model, tokenizer = load_model_and_tokenizer(cfg.model)
         train_mode(model, dropout=False)
         reference = reference_model(model) if algo.kl_coef > 0 else None
         engine = build_engine(cfg.rollout.engine, model, tokenizer)
-        train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console)
-        score_eval = eval_reward(cfg)
+        train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
+                                                       rewards=rewards, eval_rewards=score_eval)
 
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * cfg.updates_per_batch)
@@ -88,7 +88,7 @@ def train(cfg: RLConfig) -> dict:
         return loop.finish(
             {"recipe": "rl", "algorithm": cfg.algorithm.name, "rl_steps": cfg.steps,
              },
-            model=model, plot_name="rl_curves.png", title=f"RL ({cfg.algorithm.name}): {cfg.run.name}",
+            model=model, reward_runners=(rewards, score_eval), plot_name="rl_curves.png", title=f"RL ({cfg.algorithm.name}): {cfg.run.name}",
             plot_keys=["reward/mean", "eval/accuracy_sampled", "eval/accuracy_greedy", "kl/mean", "entropy/mean",
                        "response/length_mean"])
 

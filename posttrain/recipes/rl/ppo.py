@@ -52,7 +52,7 @@ from posttrain.recipes.prompt_data import load_prompt_sets
 from posttrain.recipes.rl.batch import RolloutBatch
 from posttrain.recipes.rl.config import RLConfig
 from posttrain.recipes.rl.grpo import old_logprobs
-from posttrain.recipes.rl.rewards import eval_reward, reward_runner
+from posttrain.recipes.rl.rewards import reward_runners
 from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
 from posttrain.recipes.rl_eval import evaluate_prompts
 from posttrain.rewards import REWARD_MODEL_PREFIX
@@ -66,7 +66,7 @@ def train(cfg: RLConfig) -> dict:
     """Run PPO as configured; returns the summary also written to `summary.json`."""
     algo = cfg.algorithm.resolve()
     run = start_run(cfg, {"resolved_algorithm": algo.as_dict()})
-    with run, reward_runner(cfg, run) as rewards:
+    with run, reward_runners(cfg, run) as (rewards, score_eval):
         set_seed(cfg.run.seed)
         run.print(f"algorithm {cfg.algorithm.name}: {algo.as_dict()}")
         policy, tokenizer = load_model_and_tokenizer(cfg.model)
@@ -79,8 +79,8 @@ def train(cfg: RLConfig) -> dict:
             if isinstance(getattr(reward.fn, "model", None), torch.nn.Module):
                 reward.fn.model.eval()
         engine = build_engine(cfg.rollout.engine, policy, tokenizer)
-        train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console)
-        score_eval = eval_reward(cfg)
+        train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
+                                                       rewards=rewards, eval_rewards=score_eval)
 
         trained = torch.nn.ModuleDict({"policy": policy, "value": critic})  # one optimizer, one checkpoint
         optimizer = build_optimizer(trained, cfg.optim)
@@ -120,7 +120,8 @@ def train(cfg: RLConfig) -> dict:
         return loop.finish(
             {"recipe": "rl", "algorithm": cfg.algorithm.name, "rl_steps": cfg.steps,
              "final_kl_coef": kl_control.value},
-            model=policy, also_save={"value_model": critic}, plot_name="rl_curves.png",
+            model=policy, also_save={"value_model": critic}, reward_runners=(rewards, score_eval),
+            plot_name="rl_curves.png",
             title=f"RL ({cfg.algorithm.name}): {cfg.run.name}",
             plot_keys=["reward/score_mean", "kl/sequence_mean", "kl/beta", "value/explained_variance",
                        "eval/accuracy_sampled", "response/length_mean"])

@@ -1,20 +1,27 @@
-"""The reward runner an RL run scores with, built from the config's `reward` section."""
+"""The reward runners an RL run scores with: training rollouts from the `reward` section, held-out
+completions from `eval.reward` (else the first training reward) under the same limits."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
+from posttrain.recipes.rl_eval import rl_eval_reward_runner
 from posttrain.rewards import resolve_reward
 from posttrain.run import Run
+from posttrain.training.loop import warn_to
 from posttrain.verifiers.combine import RewardRunner
 
 
-def reward_runner(cfg, run: Run) -> RewardRunner:
-    """The configured reward functions, weights, timeout and error policy."""
+@contextlib.contextmanager
+def reward_runners(cfg, run: Run) -> Iterator[tuple[RewardRunner, RewardRunner]]:
+    """(training runner, evaluation runner), both warning on the run's console the first time a
+    reward raises, times out or returns NaN; the evaluation runner reuses the training runner's
+    wrapped reward when the limits are the same."""
     names = cfg.reward.functions
     weights = dict(zip(names, cfg.reward.weights)) if cfg.reward.weights else None
-    return RewardRunner({name: resolve_reward(name) for name in names}, weights,
-                        on_error=cfg.reward.on_error, timeout_s=cfg.reward.timeout_s)
-
-
-def eval_reward(cfg):
-    """What held-out accuracy is scored with: `eval.reward`, else the first training reward."""
-    return resolve_reward(cfg.eval.reward or cfg.reward.functions[0])
+    warn = warn_to(run)
+    with RewardRunner({name: resolve_reward(name) for name in names}, weights, on_error=cfg.reward.on_error,
+                      timeout_s=cfg.reward.timeout_s, warn=warn) as training:
+        with rl_eval_reward_runner(cfg, warn=warn, share=training) as evaluation:
+            yield training, evaluation
