@@ -110,7 +110,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def _child_posttrain(spec: dict) -> dict:
     """One posttrain ``dpo.train`` run; per-step times from metrics.jsonl's end-of-step stamps."""
     from posttrain.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig
-    from posttrain.recipes import dpo
+    from posttrain.recipes.preference import dpo
     from posttrain.run import Run
 
     # Stamp the process CPU time whenever the recipe logs (after the step-0 evaluation, then after
@@ -148,8 +148,8 @@ def _child_posttrain(spec: dict) -> dict:
     # Tokens of the step's sequences, counted as TRL counts them (posttrain's own `train/tokens`
     # counts each pair's shared prompt once, as its forward runs it).
     from posttrain.models.loading import load_tokenizer
-    from posttrain.recipes.dpo_data import load_dpo_data
-    from posttrain.recipes.sft import step_indices
+    from posttrain.recipes.preference.dpo_data import load_dpo_data
+    from posttrain.training.order import step_indices
 
     tokenizer = load_tokenizer(spec["model_dir"])
     split = load_dpo_data(cfg.data, tokenizer, eval_cfg=cfg.eval, unpaired_ok=False, seed=s.seed).train

@@ -115,7 +115,7 @@ def _child_posttrain(spec: dict) -> dict:
     """One posttrain ``rl.train`` run; per-step times from metrics.jsonl's end-of-step stamps."""
     from posttrain.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig
     from posttrain.recipes import rl
-    from posttrain.recipes.rl_config import AlgorithmConfig, RLConfig, RolloutConfig
+    from posttrain.recipes.rl.config import AlgorithmConfig, RLConfig, RolloutConfig
 
     s = Settings(**spec["settings"])
     cfg = RLConfig(

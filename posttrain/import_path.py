@@ -31,12 +31,12 @@ def resolve_import_path(path: str, kind: str, *, callable_only: bool = True) -> 
     return target
 
 
-def lookup(table: Mapping[str, Any], name: str, kind: str, *, expect: type | None = None) -> Any:
+def lookup(table: Mapping[str, Any], name: str, kind: str, *, expect: type | None = None, also: str = "") -> Any:
     """The one name → object lookup of every registry: `name` in `table`, or an import path.
 
     `expect`, when given, is the type an import path must resolve to (e.g. a spec dataclass
     rather than a bare function). Errors are ValueErrors naming `kind`, the name and the
-    valid names.
+    valid names (plus `also`, other accepted forms).
     """
     if not isinstance(name, str):
         raise ValueError(f"{kind} name must be a string, got {name!r}")
@@ -49,4 +49,4 @@ def lookup(table: Mapping[str, Any], name: str, kind: str, *, expect: type | Non
         return table[name]
     except KeyError:
         raise ValueError(f"unknown {kind} {name!r}; valid names: {sorted(table)} "
-                         "(or an import path 'pkg.module:name')") from None
+                         f"(or {also + ', or ' if also else ''}an import path 'pkg.module:name')") from None

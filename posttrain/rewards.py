@@ -21,7 +21,7 @@ import inspect
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from posttrain.data.readers import DataError
-from posttrain.import_path import is_import_path, resolve_import_path
+from posttrain.import_path import lookup, resolve_import_path
 
 RewardFn = Callable[..., Optional[float]]
 
@@ -43,12 +43,9 @@ def resolve_reward(name: str) -> RewardFn:
         from posttrain.verifiers.reward_model import reward_model_reward  # loads torch models: import lazily
 
         return reward_model_reward(name)
-    if name in BUILTIN_REWARDS:
-        return resolve_import_path(BUILTIN_REWARDS[name], "reward")
-    if is_import_path(name):
-        return resolve_import_path(name, "reward")
-    raise ValueError(f"unknown reward {name!r}; built-in rewards: {sorted(BUILTIN_REWARDS)}, "
-                     "'reward_model:/path/to/dir', or an import path 'package.module:function'")
+    # Built-in entries are import paths themselves, resolved only when used (they import heavy verifiers).
+    target = lookup(BUILTIN_REWARDS, name, "reward", also="'reward_model:/path/to/dir'")
+    return resolve_import_path(target, "reward") if isinstance(target, str) else target
 
 
 Rewards = Union[Mapping[str, Union[RewardFn, str]], Iterable[Union[RewardFn, str]], Any]

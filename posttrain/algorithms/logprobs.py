@@ -3,7 +3,7 @@
 Every recipe computes log p(x_t | x_<t) the same way, so it lives here once:
 - logits at position t predict token t+1, so logits are shifted left by one against the ids;
 - logits are divided by the sampling temperature *before* log_softmax, so the trainer's
-  log-probs match the sampler's (DESIGN.md: "divide by sampling temperature everywhere").
+  log-probs match the sampler's (docs/architecture.md: "Divide by sampling temperature everywhere").
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class Completion:
     Attributes:
         prompt_index: position of the prompt in the list given to ``generate``.
         token_ids: the generated tokens, INCLUDING the stop token when one was produced: the EOS
-            belongs to the response and is trained on (DESIGN.md, "keep EOS in the loss").
+            belongs to the response and is trained on (docs/architecture.md, "Keep EOS in the loss").
         logprobs: ``logprobs[i]`` is the sampler's log-prob of ``token_ids[i]`` under the
             temperature-scaled but UNFILTERED distribution, ``log_softmax(logits / T)`` over the full
             vocabulary. That is exactly what the trainer recomputes with

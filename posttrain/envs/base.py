@@ -8,7 +8,7 @@ PivotRL's pivot states (which are just `reset` returning a longer, mid-episode h
 
 Why the record keeps token spans: the trainer must know exactly which tokens the model sampled
 (trained on, with the sampler's log-probs) and which the environment injected (tool output,
-chat-template glue; conditioned on but masked out of the loss, DESIGN.md "Masks"). Re-tokenising
+chat-template glue; conditioned on but masked out of the loss, docs/architecture.md, "Masks"). Re-tokenising
 the finished conversation would not give that: BPE merges across turn boundaries can differ from
 what was actually sampled. So `run_episode` builds the token sequence turn by turn and records
 where each piece came from.

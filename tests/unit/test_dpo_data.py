@@ -14,7 +14,7 @@ from posttrain.config import DataConfig, EvalConfig
 from posttrain.data.readers import DataError
 from posttrain.data.tokenize import TokenizedExample, TokenizedPair
 from posttrain.models import sequence_logprobs as dpo_logps
-from posttrain.recipes.dpo_data import PreferenceSplit, load_dpo_data, mismatched_sequences
+from posttrain.recipes.preference.dpo_data import PreferenceSplit, load_dpo_data, mismatched_sequences
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -51,7 +51,7 @@ from posttrain.config import EvalConfig, load_config  # noqa: E402
 from posttrain.evaluation import eval_config_runner, eval_reward_runner, task_accuracy  # noqa: E402
 from posttrain.recipes.prompt_data import PromptSet  # noqa: E402
 from posttrain.recipes.rl.config import RLConfig  # noqa: E402
-from posttrain.recipes.rl_eval import evaluate_prompts, rl_eval_reward_runner  # noqa: E402
+from posttrain.recipes.rl.evaluation import evaluate_prompts, rl_eval_reward_runner  # noqa: E402
 from posttrain.verifiers.combine import RewardError, RewardRunner  # noqa: E402
 from reward_fixtures import hangs_on_prompt_b  # noqa: E402  (light module: fast worker starts)
 

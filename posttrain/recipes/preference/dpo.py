@@ -43,7 +43,7 @@ from posttrain.engines.factory import build_engine
 from posttrain.evaluation import eval_config_runner, task_accuracy
 from posttrain.models.build import load_model_and_tokenizer
 from posttrain.models.sequence_logprobs import pair_logps, sequence_logps, shares_prompts
-from posttrain.recipes.dpo_data import DPOData, PreferenceSplit, load_dpo_data, mismatched_sequences
+from posttrain.recipes.preference.dpo_data import DPOData, PreferenceSplit, load_dpo_data, mismatched_sequences
 from posttrain.training.loop import TrainingLoop, set_seed, start_run, warn_to
 from posttrain.training.modes import train_mode
 from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients

@@ -29,7 +29,7 @@ from posttrain.models.build import lora_settings, resolve_model_path
 from posttrain.models.device import model_device
 from posttrain.models.loading import load_tokenizer, resolve_device
 from posttrain.models.scalar_head import load_scalar_model, sequence_scores
-from posttrain.recipes.preference_data import load_preference_data
+from posttrain.recipes.preference.pair_data import load_preference_data
 from posttrain.training.loop import TrainingLoop, set_seed, start_run
 from posttrain.training.modes import train_mode
 from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients

@@ -54,7 +54,7 @@ from posttrain.recipes.rl.config import RLConfig
 from posttrain.recipes.rl.grpo import old_logprobs
 from posttrain.recipes.rl.rewards import reward_runners
 from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
-from posttrain.recipes.rl_eval import evaluate_prompts
+from posttrain.recipes.rl.evaluation import evaluate_prompts
 from posttrain.rewards import REWARD_MODEL_PREFIX
 from posttrain.run import Run
 from posttrain.training.loop import TrainingLoop, set_seed, start_run

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from posttrain.recipes.rl_eval import rl_eval_reward_runner
+from posttrain.recipes.rl.evaluation import rl_eval_reward_runner
 from posttrain.rewards import resolve_reward
 from posttrain.run import Run
 from posttrain.training.loop import warn_to

@@ -28,7 +28,7 @@ from posttrain.data.split import hold_out
 from posttrain.data.tokenize import (
     TokenizedExample, TokenizedPair, tokenize_preference, tokenize_prompt, tokenize_sft,
 )
-from posttrain.recipes.preference_data import load_preference_data
+from posttrain.recipes.preference.pair_data import load_preference_data
 from posttrain.recipes.sft_data import BUILTIN_ARITHMETIC, checked_eval_prompts
 
 LABEL_FIELD = "label"  # TRL's name for the desirable (true) / undesirable (false) column
