@@ -29,7 +29,7 @@ from posttrain.models.device import model_device
 from posttrain.recipes.sft_data import SFTData, load_sft_data
 from posttrain.training.loop import TrainingLoop, set_seed, start_run, warn_to
 from posttrain.training.modes import train_mode
-from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients
+from posttrain.training.optim import build_optimizer, build_scheduler, optimizer_step
 from posttrain.training.order import step_indices
 
 
@@ -77,9 +77,9 @@ def train(cfg: SFTConfig) -> dict:
         def sft_step(step: int) -> dict:
             with ledger.timed("sft"):
                 metrics = accumulate_gradients(model, data, cfg, step, tokenizer.pad_token_id, device)
-                metrics["train/grad_norm"] = clip_gradients(model, cfg.optim.max_grad_norm)
-                run.check_finite(step + 1, metrics)  # before the update: a NaN never reaches the weights
-                metrics["train/lr"] = apply_update(optimizer, scheduler)
+                metrics.update(optimizer_step(model, optimizer, scheduler, max_grad_norm=cfg.optim.max_grad_norm,
+                                              loss=metrics["train/loss"],
+                                              check_finite=lambda m: run.check_finite(step + 1, m)))
                 ledger.record("sft", tokens=metrics["train/tokens"], params=n_params, backward=True)
             return metrics
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import transformers
 
@@ -34,3 +36,13 @@ def apply_update(optimizer, scheduler) -> float:
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return lr
+
+
+def optimizer_step(model, optimizer, scheduler, *, max_grad_norm: float, loss: float,
+                   check_finite: Callable[[dict], None]) -> dict:
+    """The end of every training step: clip the gradients, stop on a non-finite loss or gradient
+    norm *before* it reaches the weights (`check_finite`, e.g. `run.check_finite` for this step),
+    then step. Returns `train/grad_norm` and `train/lr`."""
+    grad_norm = clip_gradients(model, max_grad_norm)
+    check_finite({"train/loss": loss, "train/grad_norm": grad_norm})
+    return {"train/grad_norm": grad_norm, "train/lr": apply_update(optimizer, scheduler)}

@@ -46,7 +46,7 @@ from posttrain.models.sequence_logprobs import pair_logps, sequence_logps, share
 from posttrain.recipes.preference.dpo_data import DPOData, PreferenceSplit, load_dpo_data, mismatched_sequences
 from posttrain.training.loop import TrainingLoop, set_seed, start_run, warn_to
 from posttrain.training.modes import train_mode
-from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients
+from posttrain.training.optim import build_optimizer, build_scheduler, optimizer_step
 from posttrain.training.order import step_indices
 
 
@@ -166,10 +166,9 @@ def train(cfg: DPOConfig) -> dict:
             with ledger.timed("dpo"):
                 metrics = accumulate_gradients(model, data.train, ref_train, kl_train, spec, params, cfg, step,
                                                pad_id, ledger, n_params)
-                metrics["train/grad_norm"] = clip_gradients(model, cfg.optim.max_grad_norm)
-                # Before the update, so a NaN never reaches the weights.
-                run.check_finite(step + 1, {k: metrics[k] for k in ("train/loss", "train/grad_norm")})
-                metrics["train/lr"] = apply_update(optimizer, scheduler)
+                metrics.update(optimizer_step(model, optimizer, scheduler, max_grad_norm=cfg.optim.max_grad_norm,
+                                              loss=metrics["train/loss"],
+                                              check_finite=lambda m: run.check_finite(step + 1, m)))
                 ledger.record("dpo", tokens=metrics["train/tokens"], params=n_params, backward=True)
             return metrics
 

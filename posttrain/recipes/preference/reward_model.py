@@ -32,7 +32,7 @@ from posttrain.models.scalar_head import load_scalar_model, sequence_scores
 from posttrain.recipes.preference.pair_data import load_preference_data
 from posttrain.training.loop import TrainingLoop, set_seed, start_run
 from posttrain.training.modes import train_mode
-from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients
+from posttrain.training.optim import build_optimizer, build_scheduler, optimizer_step
 from posttrain.training.order import step_indices
 
 
@@ -94,9 +94,9 @@ def train(cfg: RewardModelConfig) -> dict:
                 pairs = [data.train[i] for i in step_indices(step, per_step=cfg.pairs_per_step,
                                                              num_examples=len(data.train), seed=cfg.run.seed)]
                 metrics = accumulate_gradients(model, pairs, cfg, tokenizer.pad_token_id)
-                metrics["train/grad_norm"] = clip_gradients(model, cfg.optim.max_grad_norm)
-                run.check_finite(step + 1, metrics)  # before the update: a NaN never reaches the weights
-                metrics["train/lr"] = apply_update(optimizer, scheduler)
+                metrics.update(optimizer_step(model, optimizer, scheduler, max_grad_norm=cfg.optim.max_grad_norm,
+                                              loss=metrics["train/loss"],
+                                              check_finite=lambda m: run.check_finite(step + 1, m)))
                 ledger.record("reward_model", tokens=metrics["train/tokens"], params=n_params, backward=True)
             return metrics
 

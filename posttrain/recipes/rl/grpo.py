@@ -42,7 +42,7 @@ from posttrain.recipes.rl.evaluation import evaluate_prompts
 from posttrain.run import Run
 from posttrain.training.loop import TrainingLoop, set_seed, start_run
 from posttrain.training.modes import train_mode
-from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients
+from posttrain.training.optim import build_optimizer, build_scheduler, optimizer_step
 
 
 def train(cfg: RLConfig) -> dict:
@@ -159,10 +159,9 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
                 sums["clip"] += float(out.clip_frac) * share
                 sums["ratio"] += float(masked_mean(out.ratio.detach(), m > 0)) * share
             ledger.record("update", tokens=tokens, params=n_params, backward=True)
-            grad_norm = clip_gradients(model, cfg.optim.max_grad_norm)
-            run.check_finite(step + 1, {"train/loss": sums["loss"], "train/grad_norm": grad_norm})
-            lr = apply_update(optimizer, scheduler)
-        metrics = {"train/loss": sums["loss"], "train/grad_norm": grad_norm, "train/lr": lr,
+            stepped = optimizer_step(model, optimizer, scheduler, max_grad_norm=cfg.optim.max_grad_norm,
+                                     loss=sums["loss"], check_finite=lambda m: run.check_finite(step + 1, m))
+        metrics = {"train/loss": sums["loss"], **stepped,
                    "kl/mean": sums["kl"], "entropy/mean": sums["entropy"], "train/clip_fraction": sums["clip"],
                    "train/ratio_mean": sums["ratio"]}
     metrics["train/sampler_logprob_gap"] = gap  # mean |sampler − trainer| log-prob over the model tokens

@@ -59,7 +59,7 @@ from posttrain.rewards import REWARD_MODEL_PREFIX
 from posttrain.run import Run
 from posttrain.training.loop import TrainingLoop, set_seed, start_run
 from posttrain.training.modes import train_mode
-from posttrain.training.optim import apply_update, build_optimizer, build_scheduler, clip_gradients
+from posttrain.training.optim import build_optimizer, build_scheduler, optimizer_step
 
 
 def train(cfg: RLConfig) -> dict:
@@ -229,12 +229,11 @@ def train_on_batch(policy, critic, reference, engine, trained, optimizer, schedu
                 sums["ratio"] += float(masked_mean(pol.ratio, m > 0)) * share
                 sums["approx_kl"] += float(pol.approx_kl) * share
             ledger.record("update", tokens=tokens, params=n_params["policy"] + n_params["value"], backward=True)
-            grad_norm = clip_gradients(trained, cfg.optim.max_grad_norm)
-            run.check_finite(step + 1, {"train/loss": sums["loss"], "train/grad_norm": grad_norm})
-            lr = apply_update(optimizer, scheduler)
+            stepped = optimizer_step(trained, optimizer, scheduler, max_grad_norm=cfg.optim.max_grad_norm,
+                                     loss=sums["loss"], check_finite=lambda m: run.check_finite(step + 1, m))
     metrics.update({
         "train/loss": sums["loss"], "train/policy_loss": sums["policy_loss"], "train/value_loss": sums["value_loss"],
-        "train/grad_norm": grad_norm, "train/lr": lr, "entropy/mean": sums["entropy"],
+        **stepped, "entropy/mean": sums["entropy"],
         "train/clip_fraction": sums["clip"], "value/clip_fraction": sums["value_clip"],
         "train/ratio_mean": sums["ratio"], "train/approx_kl": sums["approx_kl"],
     })
