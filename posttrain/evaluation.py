@@ -9,7 +9,7 @@ Completions are scored through a `RewardRunner`, as in training: the reward's ti
 ``on_error`` apply, and every call that raised, timed out or returned a non-number is counted
 (``EvalResult.num_errors``, ``eval/reward_errors_*``), so an accuracy is never NaN without a
 count saying why. Build the runner once with `eval_reward_runner` (SFT, DPO) or
-`posttrain.recipes.rl_eval.rl_eval_reward_runner` (RL) and pass it as ``reward_fn``; a plain
+`posttrain.recipes.rl.evaluation.rl_eval_reward_runner` (RL) and pass it as ``reward_fn``; a plain
 reward function still works (it is wrapped per call, see `as_runner`).
 """
 
