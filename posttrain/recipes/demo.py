@@ -136,9 +136,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     table.add_column("stage")
     table.add_column("greedy", justify="right")
     table.add_column("sampled T=1", justify="right")
+    def percent(value: float | None) -> str:  # a stage without that evaluation shows a dash
+        return "—" if value is None else f"{value:.1%}"
+
     for label, when, stage_summary in stages:
-        table.add_row(label, f"{accuracy(stage_summary, when, 'greedy'):.1%}",
-                      f"{accuracy(stage_summary, when, 'sampled'):.1%}")
+        table.add_row(label, percent(accuracy(stage_summary, when, "greedy")),
+                      percent(accuracy(stage_summary, when, "sampled")))
     console.print(table)
     console.print(f"run directory: {out_dir}   plots: {', '.join(plots)}   "
                   f"summary: {out_dir / 'summary.json'}   ({summary['seconds']} s)")
