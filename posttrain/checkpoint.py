@@ -12,6 +12,11 @@ A checkpoint is written into ``checkpoints/.tmp-step-XXXXXXXX/`` and only then r
 final name with ``os.replace``. A rename within one filesystem is atomic, so a run killed mid-write
 leaves a ``.tmp-*`` directory that ``latest_checkpoint`` ignores, never a half checkpoint that
 looks complete.
+
+Deleting is the same in reverse: a checkpoint that is pruned (or replaced) is first renamed to
+``.deleting-step-XXXXXXXX/`` and only then removed, so a run killed while deleting leaves a
+``.deleting-*`` directory (ignored, and removed by the next save), never a listed checkpoint with
+half its files gone.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from torch import nn
 
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 TRAINER_STATE = "trainer_state.json"
+# Prefix of a checkpoint directory renamed out of the way to be deleted (never listed).
+_DELETING = ".deleting-"
 
 
 def checkpoints_root(run_dir_or_ckpt_root: str | os.PathLike) -> Path:
@@ -54,12 +61,35 @@ def checkpoint_step(ckpt_dir: str | os.PathLike) -> int:
 
 
 def list_checkpoints(run_dir_or_ckpt_root: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints, oldest first. ``.tmp-*`` (interrupted writes) are never listed."""
+    """Complete checkpoints, oldest first.
+
+    ``.tmp-*`` (interrupted writes) and ``.deleting-*`` (interrupted deletions) are never listed.
+    """
     root = checkpoints_root(run_dir_or_ckpt_root)
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
     return sorted(found, key=checkpoint_step)
+
+
+def _discard(directory: Path) -> None:
+    """Delete a checkpoint directory so that no kill can leave it half-deleted under its own name.
+
+    It is renamed (atomically) to ``.deleting-<name>`` first, which ``list_checkpoints`` ignores,
+    and only then removed; a leftover from a kill during the removal goes at the next save.
+    """
+    trash = directory.with_name(_DELETING + directory.name)
+    if trash.exists():  # left over from an earlier kill
+        shutil.rmtree(trash)
+    os.replace(directory, trash)
+    shutil.rmtree(trash)
+
+
+def _remove_leftover_deletions(root: Path) -> None:
+    """Finish deletions that a killed process started (``.deleting-*`` directories)."""
+    for path in root.iterdir():
+        if path.name.startswith(_DELETING) and path.is_dir():
+            shutil.rmtree(path)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -247,6 +277,7 @@ def save_checkpoint(
 
     root = checkpoints_root(run_dir_or_ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
+    _remove_leftover_deletions(root)
     final = root / checkpoint_name(step)
     tmp = root / f".tmp-{final.name}"
     if tmp.exists():  # left over from a write that was killed
@@ -271,13 +302,13 @@ def save_checkpoint(
             shutil.rmtree(old)
         os.replace(final, old)
         os.replace(tmp, final)
-        shutil.rmtree(old)
+        _discard(old)
     else:
         os.replace(tmp, final)
 
     if keep_last is not None:
         for stale in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(stale)
+            _discard(stale)
     return final
 
 

@@ -14,11 +14,13 @@ SMOOTH_ABOVE = 20
 
 
 def read_metric_series(metrics_jsonl: str | os.PathLike, keys: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{key: (steps, values)}`` for each key present in the file, sorted by step.
+    """``{key: (steps, values)}`` for each key with at least one value in the file, sorted by step.
 
     Shapes: ``steps`` int64 ``[n_key]`` and ``values`` float64 ``[n_key]``, where ``n_key`` is
-    the number of lines carrying that key. ``null`` (a non-finite value logged by ``Run.log``)
-    reads as NaN. Keys that never appear are left out.
+    the number of lines carrying a finite value for that key. A step where a metric has no value
+    is skipped for that metric, whether the key is absent from the line (what ``Run.log`` writes),
+    ``null`` or non-finite (``NaN``/``Infinity``, from older files or other writers): it is a
+    missing point, never a zero. Keys without any value are left out.
     """
     path = Path(metrics_jsonl)
     if not path.is_file():
@@ -34,12 +36,13 @@ def read_metric_series(metrics_jsonl: str | os.PathLike, keys: list[str]) -> dic
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"{path}, line {number}: not a metrics record with a 'step' ({err})") from err
             for key in keys:
-                if key not in record:
+                value = record.get(key)
+                if value is None:  # no value at this step
                     continue
-                value = record[key]
-                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ValueError(f"{path}, line {number}: metric {key!r} is not a number: {value!r}")
-                series[key].append((step, math.nan if value is None else float(value)))
+                if math.isfinite(value):
+                    series[key].append((step, float(value)))
     out = {}
     for key, points in series.items():
         if points:
@@ -73,9 +76,11 @@ def plot_metrics(
     *,
     title: str | None = None,
 ) -> Path:
-    """One subplot per key (vs step) written to ``out_png``; keys absent from the file are skipped.
+    """One subplot per key (vs step) written to ``out_png``; keys without any value are skipped.
 
-    Raises ValueError when none of ``keys`` appear in the file (listing the keys that do).
+    Steps where a metric has no value (absent, null, NaN) are skipped, so its line joins the steps
+    that have one. Raises ValueError when none of ``keys`` has a value in the file (listing the
+    keys that do).
     """
     # The object-oriented API with an Agg canvas never touches pyplot's global backend, so this
     # works headless and does not disturb a notebook that imported matplotlib interactively.
@@ -87,7 +92,8 @@ def plot_metrics(
     series = read_metric_series(metrics_jsonl, keys)
     if not series:
         raise ValueError(
-            f"{metrics_jsonl}: none of the keys {keys} appear in it; available keys: {_available_keys(metrics_jsonl)}"
+            f"{metrics_jsonl}: none of the keys {keys} appear in it with a value; "
+            f"available keys: {_available_keys(metrics_jsonl)}"
         )
 
     ncols = min(len(series), 3)
@@ -118,11 +124,18 @@ def plot_metrics(
 
 
 def _available_keys(metrics_jsonl: str | os.PathLike) -> list[str]:
+    """Keys with at least one finite number in the file, in order of first appearance."""
     found: dict[str, None] = {}
     with open(metrics_jsonl, encoding="utf-8") as handle:
         for line in handle:
             try:
-                found.update(dict.fromkeys(json.loads(line)))
-            except (json.JSONDecodeError, TypeError):
+                record = json.loads(line)
+            except json.JSONDecodeError:
                 continue
+            if not isinstance(record, dict):
+                continue
+            found.update(dict.fromkeys(
+                key for key, value in record.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ))
     return [key for key in found if key not in ("step", "time")]

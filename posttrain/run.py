@@ -215,11 +215,17 @@ def _truncate_metrics(path: Path, last_step: int) -> int:
         return 0
     kept, dropped = [], 0
     for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
         try:
             step = json.loads(line)["step"]
         except (json.JSONDecodeError, KeyError, TypeError):
             dropped += 1  # a partial line written when the process was killed
             continue
+        if isinstance(step, bool) or not isinstance(step, int):
+            dropped += 1  # not a line Run.log wrote (a step of null, text...)
+            continue
+        # The metric values are not read: a line may lack any metric (no value at that step).
         if step <= last_step:
             kept.append(line)
         else:
@@ -257,10 +263,12 @@ class Run:
         self.console = console
         self.resume_checkpoint = resume_checkpoint
         self.resume_step = ckpt.checkpoint_step(resume_checkpoint) if resume_checkpoint else None
+        self.started = time.time()  # wall-clock start, for the summary's `seconds`
         self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")
         self._tb: Any = None
         self._wandb: Any = None
         self._closed = False
+        self._noted_non_finite: set[str] = set()  # metrics whose NaN/inf was reported once
 
     # ------------------------------------------------------------------------------- creation
 
@@ -384,9 +392,12 @@ class Run:
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Append one line to metrics.jsonl (flushed) and send the scalars to TensorBoard/W&B.
 
-        Values may be Python numbers, 0-d tensors or numpy scalars. NaN/inf are written as
-        null in the JSON file (and as themselves to TensorBoard) without raising; use
-        ``check_finite`` to stop on them.
+        Values may be Python numbers, 0-d tensors or numpy scalars. A metric without a value at
+        this step is left out of the line (and of TensorBoard/W&B) rather than written as null or
+        as a number: ``None`` (the recipe's "no value", e.g. a mean over no kept group) silently,
+        NaN/inf with a one-time note per metric on the console, so that a diverging value is not
+        invisible. Readers therefore see a metric only at the steps where it had a finite value.
+        Use ``check_finite`` to stop on a non-finite loss.
         """
         if self._closed:
             raise RuntimeError(f"run {self.dir} is closed; cannot log step {step}")
@@ -395,9 +406,22 @@ class Run:
         reserved = {"step", "time"} & set(metrics)
         if reserved:
             raise ValueError(f"run.log at step {step}: metric names {sorted(reserved)} are reserved")
-        values = {key: _as_number(key, value, step) for key, value in metrics.items()}
+        values: dict[str, int | float] = {}
+        for key, raw in metrics.items():
+            if raw is None:
+                continue
+            value = _as_number(key, raw, step)
+            if isinstance(value, float) and not math.isfinite(value):
+                if key not in self._noted_non_finite:
+                    self._noted_non_finite.add(key)
+                    self.console.print(
+                        f"metric {key!r} is {value} at step {step}: left out of metrics.jsonl and "
+                        "TensorBoard (noted once per metric)", style="yellow", markup=False, highlight=False,
+                    )
+                continue
+            values[key] = value
         record = {"step": step, "time": round(time.time(), 3), **values}
-        self._metrics_file.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
+        self._metrics_file.write(json.dumps(record, allow_nan=False) + "\n")
         self._metrics_file.flush()
         if self._tb is not None:
             for key, value in values.items():

@@ -8,6 +8,10 @@ the model can reach from scratch: on the arithmetic prompts, an answer-sized num
 leading digit is odd is preferred to one whose leading digit is even. The held-out pairs use the
 task's test-split prompts and fresh numbers, so accuracy on them measures what was learned, not
 what was memorised.
+
+Seeds 0-4 (training pairs, order and held-out pairs all change with the seed): held-out
+preference accuracy 0.99-1.0 for DPO and SimPO and 0.975-1.0 for KTO after 30 steps, DPO's reward
+margin 1.8-2.1 and loss 0.14-0.19 (from log 2); the thresholds sit below the worst seed.
 """
 
 import json
@@ -21,9 +25,9 @@ from safetensors.torch import load_file
 from posttrain.compute import ComputeLedger
 from posttrain.config import DataConfig, EvalConfig, ModelConfig, load_config
 from posttrain.envs.arithmetic import ArithmeticTask
-from posttrain.recipes import dpo
-from posttrain.recipes.common import load_model_and_tokenizer
-from posttrain.recipes.dpo_data import load_dpo_data, mismatched_sequences
+from posttrain.recipes.preference import dpo
+from posttrain.models.build import load_model_and_tokenizer
+from posttrain.recipes.preference.dpo_data import load_dpo_data, mismatched_sequences
 from posttrain.run import Run
 
 pytestmark = pytest.mark.integration
@@ -49,35 +53,52 @@ def _write(path, rows):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prefs")
-    train = _pairs("train", 400, seed=0)
-    # KTO's unpaired format (TRL's): each training prompt once, with its preferred or its other answer.
-    unpaired = [{"prompt": row["prompt"], "completion": row["chosen" if i % 2 == 0 else "rejected"],
-                 "label": i % 2 == 0} for i, row in enumerate(train)]
-    return {"train": _write(out / "train.jsonl", train), "eval": _write(out / "eval.jsonl", _pairs("test", 80, seed=1)),
-            "unpaired": _write(out / "unpaired.jsonl", unpaired)}
+def pair_files(tmp_path_factory):
+    """The preference files for a seed (training pairs from it, held-out pairs from the next),
+    written once per module and seed."""
+    made = {}
+
+    def files_for(seed):
+        if seed not in made:
+            out = tmp_path_factory.mktemp(f"prefs-seed{seed}")
+            train = _pairs("train", 400, seed=seed)
+            # KTO's unpaired format (TRL's): each training prompt once, with its preferred or its other answer.
+            unpaired = [{"prompt": row["prompt"], "completion": row["chosen" if i % 2 == 0 else "rejected"],
+                         "label": i % 2 == 0} for i, row in enumerate(train)]
+            made[seed] = {"train": _write(out / "train.jsonl", train),
+                          "eval": _write(out / "eval.jsonl", _pairs("test", 80, seed=seed + 1)),
+                          "unpaired": _write(out / "unpaired.jsonl", unpaired)}
+        return made[seed]
+
+    return files_for
 
 
-def learn(tmp_path, files, name, *overrides):
+@pytest.fixture(scope="module")
+def files(pair_files):
+    return pair_files(0)
+
+
+def learn(tmp_path, files, name, *overrides, seed=0):
     cfg = load_config(dpo.DPOConfig, None, [
         f"data.train={files['train']}", f"data.eval={files['eval']}", "data.max_length=32", "model.device=cpu",
         f"run.output_dir={tmp_path}", f"run.name={name}", "run.report_to=[]", "run.save_every=1000",
-        "steps=30", "examples_per_step=16", "micro_batch_size=16", "optim.lr=1e-3", *overrides,
+        "steps=30", "examples_per_step=16", "micro_batch_size=16", "optim.lr=1e-3", f"run.seed={seed}", *overrides,
     ])
     return dpo.train(cfg)
 
 
-def test_dpo_learns_the_preference_and_fills_the_run_directory(tmp_path, files):
-    summary = learn(tmp_path, files, "dpo", "loss.type=dpo")
+def test_dpo_learns_the_preference_and_fills_the_run_directory(tmp_path, pair_files, learning):
+    summary = learn(tmp_path, pair_files(learning.seed), "dpo", "loss.type=dpo", seed=learning.seed)
     # Step 0: the policy is its own reference, so every implicit reward is 0 and the loss log 2.
     assert summary["before/eval/loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert summary["before/eval/rewards/margin"] == 0.0
-    assert summary["before/eval/likelihood_accuracy"] < 0.6  # the raw model has no such preference
-    assert summary["after/eval/preference_accuracy"] >= 0.9, summary
-    assert summary["after/eval/rewards/margin"] > 0.5
-    assert summary["after/eval/likelihood_accuracy"] >= 0.85
-    assert summary["after/eval/loss"] < 0.6
+    with learning.checks() as check:
+        # The raw model has no such preference.
+        check("before/eval/likelihood_accuracy", summary["before/eval/likelihood_accuracy"], "<", 0.6)
+        check("after/eval/preference_accuracy", summary["after/eval/preference_accuracy"], ">=", 0.9)
+        check("after/eval/rewards/margin", summary["after/eval/rewards/margin"], ">", 1.0)
+        check("after/eval/likelihood_accuracy", summary["after/eval/likelihood_accuracy"], ">=", 0.85)
+        check("after/eval/loss", summary["after/eval/loss"], "<", 0.4)
     # The reference was scored once, before training: its tokens are those of the training and
     # held-out sequences, and no step added to them.
     run_dir = tmp_path / "dpo"
@@ -94,18 +115,21 @@ def test_dpo_learns_the_preference_and_fills_the_run_directory(tmp_path, files):
     assert json.loads((run_dir / "summary.json").read_text())["loss"] == "dpo"
 
 
-def test_simpo_learns_without_a_reference_model(tmp_path, files):
-    summary = learn(tmp_path, files, "simpo", "loss.type=simpo")
+def test_simpo_learns_without_a_reference_model(tmp_path, pair_files, learning):
+    summary = learn(tmp_path, pair_files(learning.seed), "simpo", "loss.type=simpo", seed=learning.seed)
     assert "compute/reference/tokens" not in summary  # reference-free: never scored
-    assert summary["before/eval/preference_accuracy"] < 0.6
-    assert summary["after/eval/preference_accuracy"] >= 0.9, summary
+    with learning.checks() as check:
+        check("before/eval/preference_accuracy", summary["before/eval/preference_accuracy"], "<", 0.6)
+        check("after/eval/preference_accuracy", summary["after/eval/preference_accuracy"], ">=", 0.9)
 
 
-def test_kto_learns_from_unpaired_labels(tmp_path, files):
-    summary = learn(tmp_path, files, "kto", "loss.type=kto", f"data.train={files['unpaired']}")
+def test_kto_learns_from_unpaired_labels(tmp_path, pair_files, learning):
+    files = pair_files(learning.seed)
+    summary = learn(tmp_path, files, "kto", "loss.type=kto", f"data.train={files['unpaired']}", seed=learning.seed)
     assert summary["before/eval/loss"] == pytest.approx(0.5, abs=1e-6)  # λ(1 − σ(0)) with r = z0 = 0
-    assert summary["after/eval/preference_accuracy"] >= 0.9, summary  # held-out *pairs*, though trained unpaired
     assert summary["after/eval/kl_baseline"] >= 0.0
+    with learning.checks() as check:  # held-out *pairs*, though trained unpaired
+        check("after/eval/preference_accuracy", summary["after/eval/preference_accuracy"], ">=", 0.9)
 
 
 def test_pairwise_losses_refuse_unpaired_data(tmp_path, files):

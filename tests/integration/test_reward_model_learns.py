@@ -20,8 +20,9 @@ import torch
 from posttrain.config import load_config
 from posttrain.data.collate import pad_sequences
 from posttrain.envs.arithmetic import ArithmeticTask, preference_rows
-from posttrain.recipes import reward_model, sft
-from posttrain.recipes.common import resolve_model_path
+from posttrain.recipes import sft
+from posttrain.recipes.preference import reward_model
+from posttrain.models.build import resolve_model_path
 from posttrain.verifiers.combine import RewardRunner
 
 pytestmark = pytest.mark.integration
@@ -77,7 +78,7 @@ def test_saved_reward_model_reloads_with_identical_scores_and_scores_like_traini
     `reward_model:<dir>`, and compare with the accuracy and margin the recipe logged."""
     from transformers import AutoModelForSequenceClassification
 
-    from posttrain.recipes.preference_data import load_preference_data
+    from posttrain.recipes.preference.pair_data import load_preference_data
     from posttrain.rewards import resolve_reward
 
     run_dir = reward_model_run()

@@ -38,14 +38,28 @@ def sleepy(prompt, completion, answer, **row):
 
 
 @pytest.fixture(scope="module")
-def warm_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("warm")
-    cfg = load_config(sft.SFTConfig, None, [
-        f"run.output_dir={out}", "run.name=warm", "steps=250", "optim.lr=3e-3", "optim.warmup_steps=10",
-        "data.arithmetic.max_operand=29", "data.arithmetic.num_train=800", "data.arithmetic.num_eval=20",
-        "data.max_length=32", "model.device=cpu", "run.report_to=[]", "run.save_every=1000",
-    ])
-    return sft.train(cfg)["model_dir"]
+def warm_models(tmp_path_factory):
+    """The SFT-warmed model directory for a seed (`run.seed`), built once per module and seed."""
+    made = {}
+
+    def warm(seed):
+        if seed not in made:
+            out = tmp_path_factory.mktemp(f"warm-seed{seed}")
+            cfg = load_config(sft.SFTConfig, None, [
+                f"run.output_dir={out}", "run.name=warm", "steps=250", "optim.lr=3e-3", "optim.warmup_steps=10",
+                "data.arithmetic.max_operand=29", "data.arithmetic.num_train=800", "data.arithmetic.num_eval=20",
+                "data.max_length=32", "model.device=cpu", "run.report_to=[]", "run.save_every=1000",
+                f"run.seed={seed}",
+            ])
+            made[seed] = sft.train(cfg)["model_dir"]
+        return made[seed]
+
+    return warm
+
+
+@pytest.fixture(scope="module")
+def warm_model(warm_models):
+    return warm_models(0)
 
 
 def rl_overrides(tmp_path, model_dir, name):
@@ -64,20 +78,26 @@ def rewards_by_step(run_dir):
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "dapo"])
-def test_rl_raises_the_reward(tmp_path, warm_model, algorithm):
-    cfg = load_config(rl.RLConfig, None, rl_overrides(tmp_path, warm_model, algorithm) + [
+def test_rl_raises_the_reward(tmp_path, warm_models, algorithm, learning):
+    cfg = load_config(rl.RLConfig, None, rl_overrides(tmp_path, warm_models(learning.seed), algorithm) + [
         f"algorithm.name={algorithm}", "reward.functions=[test_rl_learns:odd_first_digit]", "steps=40",
-        "optim.lr=3e-4",
+        "optim.lr=3e-4", f"run.seed={learning.seed}",
     ])
     summary = rl.train(cfg)
     rows = rewards_by_step(tmp_path / algorithm)
     first = sum(r["reward/mean"] for r in rows[:5]) / 5
     last = sum(r["reward/mean"] for r in rows[-5:]) / 5
+    learning.record("reward/mean last5 - first5", last - first, ">", 0.2)
+    learning.record("reward/mean last5", last, ">", 0.75)
     assert last > first + 0.2, (first, last)
     assert last > 0.75
-    for key in ("kl/mean", "entropy/mean", "train/clip_fraction", "response/length_mean",
-                "groups/zero_advantage_fraction", "compute/rollout/tokens_per_s", "compute/update/flops"):
-        assert key in rows[-1], key
+    for key in ("reward/accuracy", "groups/kept", "response/length_mean", "groups/zero_advantage_fraction",
+                "compute/rollout/tokens_per_s"):
+        assert all(key in r for r in rows), key  # logged every step, updated or not
+    updated = [r for r in rows if r["train/update_skipped"] == 0]  # DAPO may keep no group in a step
+    assert updated
+    for key in ("kl/mean", "entropy/mean", "train/clip_fraction", "train/sampler_logprob_gap", "compute/update/flops"):
+        assert key in updated[-1], key
     assert summary["rl_steps"] == 40 and (tmp_path / algorithm / "model" / "config.json").is_file()
 
 
@@ -105,8 +125,8 @@ def test_killed_rl_run_resumes_to_the_same_rewards_and_losses(tmp_path, warm_mod
             "reward.functions=[test_rl_learns:odd_first_digit]", *extra])
         return rl.train(cfg)
 
-    def losses(name):
-        return {r["step"]: (r["reward/mean"], r["train/loss"]) for r in rewards_by_step(tmp_path / name)}
+    def losses(name):  # a step that kept nothing for the update logs no loss: None on both sides
+        return {r["step"]: (r["reward/mean"], r.get("train/loss")) for r in rewards_by_step(tmp_path / name)}
 
     run("straight")
     original_log = Run.log

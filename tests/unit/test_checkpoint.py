@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import random
+import shutil
+from pathlib import Path
 
 import numpy as np
 import peft
@@ -199,6 +201,59 @@ def test_keep_last_prunes_oldest(tiny_model, tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
     ckpt.save_checkpoint(tmp_path, 4, model=tiny_model, optimizer=optimizer, trainer_state={}, keep_last=1)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000004"]
+
+
+def _files(directory) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
+
+
+def test_kill_during_pruning_leaves_no_partial_listed_checkpoint(tiny_model, tmp_path, monkeypatch):
+    """A process killed while pruning an old checkpoint must not leave it listed with files missing
+    (resume would pick it, or fail on it); the next save finishes the interrupted deletion."""
+    optimizer = torch.optim.SGD(tiny_model.parameters(), lr=0.1)
+    for step in (1, 2):
+        ckpt.save_checkpoint(tmp_path, step, model=tiny_model, optimizer=optimizer, trainer_state={})
+    complete = _files(ckpt.latest_checkpoint(tmp_path))
+    assert {"model.safetensors", "optimizer.pt", "rng.pt", ckpt.TRAINER_STATE} <= complete
+
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):
+        # Deletes the weights, keeps trainer_state.json (what makes a checkpoint look complete), dies.
+        (Path(path) / "model.safetensors").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, 3, model=tiny_model, optimizer=optimizer, trainer_state={})  # prunes step 1
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+
+    listed = ckpt.list_checkpoints(tmp_path)
+    assert [p.name for p in listed] == ["step-00000002", "step-00000003"]
+    for path in listed:
+        assert _files(path) == complete, path.name
+        ckpt.load_checkpoint(path, model=tiny_model, optimizer=optimizer)
+    # The next save removes the half-deleted leftover.
+    ckpt.save_checkpoint(tmp_path, 4, model=tiny_model, optimizer=optimizer, trainer_state={})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000003", "step-00000004"]
+
+
+def test_kill_while_replacing_a_resaved_step_keeps_the_new_copy(tiny_model, tmp_path, monkeypatch):
+    optimizer = torch.optim.SGD(tiny_model.parameters(), lr=0.1)
+    ckpt.save_checkpoint(tmp_path, 5, model=tiny_model, optimizer=optimizer, trainer_state={"v": 1})
+
+    def killed_midway(path, *args, **kwargs):
+        (Path(path) / "model.safetensors").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, 5, model=tiny_model, optimizer=optimizer, trainer_state={"v": 2})
+    monkeypatch.undo()
+    (path,) = ckpt.list_checkpoints(tmp_path)
+    assert ckpt.load_checkpoint(path, model=tiny_model)["v"] == 2
+    ckpt.save_checkpoint(tmp_path, 6, model=tiny_model, optimizer=optimizer, trainer_state={})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000005", "step-00000006"]
 
 
 def test_resaving_a_step_replaces_it(tiny_model, tmp_path):

@@ -49,7 +49,8 @@ def prompts(tiny):
 
 class EosBiased(nn.Module):
     """The tiny model with a constant added to the EOS logit, so that sampled completions end at
-    varied lengths (a random model almost never emits EOS). Bias 5 gives EOS ~13% per step."""
+    varied lengths (a random model almost never emits EOS). Bias 5 gives EOS ~13% per step;
+    bias -inf bans EOS (probability exactly 0)."""
 
     def __init__(self, lm: nn.Module, eos_id: int, bias: float = 5.0) -> None:
         super().__init__()
@@ -223,18 +224,25 @@ def test_stop_token_ids_end_a_completion_at_their_first_occurrence(tiny, prompts
     assert out[0][0].finish_reason == "stop"
 
 
-def test_n_samples_come_back_grouped_per_prompt_across_batches(tiny, prompts):
+@pytest.mark.parametrize("seed", [3, 8])
+def test_n_samples_come_back_grouped_per_prompt_across_batches(tiny, prompts, seed):
     """3 prompts x 4 samples with max_batch_size=5 split into row batches [p0 p0 p0 p0 p1],
     [p1 p1 p1 p2 p2], [p2 p2]; each batch prefills its distinct prompts once, so the prompt tokens
-    processed are (L0 + L1) + (L1 + L2) + L2."""
+    processed are (L0 + L1) + (L1 + L2) + L2.
+
+    EOS is banned (logit -inf, probability exactly 0), so every completion runs to the 5-token
+    limit and 60 tokens are generated whatever the seed: the raw tiny model samples its EOS
+    (~1/1000 per token) somewhere in 60 tokens for ~6 % of seeds (seed 8 is one of them)."""
     three = prompts[:3]
-    engine = HFEngine(tiny.model, tiny.tokenizer, max_batch_size=5)
-    out = engine.generate(three, SamplingParams(max_new_tokens=5, n=4, seed=3))
+    engine = HFEngine(EosBiased(tiny.model, tiny.tokenizer.eos_token_id, bias=float("-inf")), tiny.tokenizer,
+                      max_batch_size=5)
+    out = engine.generate(three, SamplingParams(max_new_tokens=5, n=4, seed=seed))
     assert [len(group) for group in out] == [4, 4, 4]
     assert [[c.prompt_index for c in group] for group in out] == [[0] * 4, [1] * 4, [2] * 4]
     assert all(len({tuple(c.token_ids) for c in group}) > 1 for group in out)  # samples differ
     lengths = [len(p) for p in three]
     assert engine.last_stats["prompt_tokens"] == lengths[0] + 2 * lengths[1] + 2 * lengths[2]
+    assert all(c.finish_reason == "length" and len(c.token_ids) == 5 for g in out for c in g)
     assert engine.last_stats["generated_tokens"] == sum(len(c.token_ids) for g in out for c in g) == 60
     assert engine.last_stats["seconds"] > 0
 

@@ -75,13 +75,49 @@ def test_log_writes_flushed_jsonl_and_tensorboard(tmp_path):
     assert _tb_scalars(run.tb_dir, "loss") == [(1, 2.5), (2, 1.5)]
 
 
-def test_non_finite_values_are_logged_as_null(tmp_path):
+def test_metrics_without_a_value_are_left_out_of_the_line_and_tensorboard(tmp_path):
+    """None (no value this step, e.g. no group kept) and NaN/inf are omitted, never written as a
+    null or a number; the other metrics of the step are written as usual."""
+    console = _console()
+    with _start(tmp_path, console=console) as run:
+        run.log(3, {"loss": float("nan"), "kl": float("inf"), "clip": None, "ok": 1.0,
+                    "t_nan": torch.tensor(float("nan")), "np_inf": np.float32("-inf")})
+        run.log(4, {"loss": 0.5, "kl": None, "ok": 2.0})
+        run.log(5, {"loss": float("nan"), "ok": 3.0})
+        text = run.metrics_path.read_text()
+        lines = _lines(run.metrics_path)
+    assert "null" not in text and "NaN" not in text and "Infinity" not in text
+    assert [set(line) - {"time"} for line in lines] == [{"step", "ok"}, {"step", "loss", "ok"}, {"step", "ok"}]
+    assert [line["ok"] for line in lines] == [1.0, 2.0, 3.0] and lines[1]["loss"] == 0.5
+    assert _tb_scalars(run.tb_dir, "loss") == [(4, 0.5)]
+    assert _tb_scalars(run.tb_dir, "ok") == [(3, 1.0), (4, 2.0), (5, 3.0)]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run.tb_dir))
+    acc.Reload()
+    assert not {"kl", "clip", "t_nan", "np_inf"} & set(acc.Tags()["scalars"])
+    # A non-finite value is not silent: one note per metric (not per step); None is not noted.
+    out = " ".join(_output(console).split())
+    assert out.count("'loss' is nan at step 3") == 1 and "step 5" not in out
+    assert "'kl' is inf" in out and "'np_inf' is -inf" in out and "'clip'" not in out
+
+
+def test_resume_truncation_copes_with_lines_missing_values(tmp_path):
     with _start(tmp_path) as run:
-        run.log(3, {"loss": float("nan"), "kl": float("inf"), "ok": 1.0})
-        (line,) = _lines(run.metrics_path)
-    assert line["loss"] is None and line["kl"] is None and line["ok"] == 1.0
-    (step, value), = _tb_scalars(run.tb_dir, "loss")
-    assert step == 3 and math.isnan(value)
+        _fake_checkpoint(run, 2)
+    # Step 2 has no value for any metric; older versions wrote null (and other tools NaN); two
+    # lines have no integer step at all.
+    run.metrics_path.write_text(
+        '{"step": 1, "time": 1.0, "loss": 1.0, "reward": 0.5}\n{"step": 2, "time": 2.0}\n'
+        '{"step": 2, "loss": null, "reward": NaN}\n{"step": null, "loss": 1}\n\n'
+        '{"step": 3, "time": 3.0, "loss": 3.0}\n{"step": "4"}\n'
+    )
+    console = _console()
+    with _start(tmp_path, resume=True, console=console) as run:
+        lines = _lines(run.metrics_path)
+    assert [line["step"] for line in lines] == [1, 2, 2]
+    assert set(lines[1]) == {"step", "time"} and lines[2]["loss"] is None
+    assert "dropped 3" in _output(console)  # step 3 and the two lines with no integer step
 
 
 def test_log_rejects_bad_values_naming_key_and_step(tmp_path):
