@@ -93,7 +93,8 @@ class Trajectory:
             there: the loss mask is 0), so the trainer can slice one aligned tensor.
         spans: cover ``[0, T)`` in order, no gaps; the first is the prompt.
         reward: set by `run_episode` from `Environment.score`.
-        truncated: the episode hit `max_turns` before the environment said done.
+        truncated: a limit (turns, tokens, context), not the environment, ended the episode.
+        stop_reason: why it ended, when the lockstep runner played it (`agents.episodes.STOP_REASONS`).
     """
 
     row: dict[str, Any]
@@ -103,6 +104,7 @@ class Trajectory:
     spans: list[Span] = field(default_factory=list)
     reward: float | None = None
     truncated: bool = False
+    stop_reason: str | None = None
 
     @property
     def prompt_length(self) -> int:

@@ -48,6 +48,14 @@ def single_turn_sequence(prompt_ids: list[int], completion: Completion) -> Token
     )
 
 
+def trajectory_sequence(trajectory) -> TokenSequence:
+    """A multi-turn episode (`posttrain.envs.base.Trajectory`) as the trainer sees it: its ids as
+    sampled and appended, trained on the model spans only. `truncated` when a limit, not the
+    environment, ended it (the overlong filter and penalty read it as they do a single turn's)."""
+    return TokenSequence(token_ids=list(trajectory.token_ids), loss_mask=trajectory.loss_mask,
+                         sampler_logprobs=list(trajectory.logprobs), truncated=bool(trajectory.truncated))
+
+
 @dataclass
 class RolloutBatch:
     input_ids: torch.Tensor         # (B, L) every token of each sequence, right-padded
