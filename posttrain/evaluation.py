@@ -116,18 +116,25 @@ def evaluate_accuracy(
     top_p: float = 1.0,
     top_k: int = 0,
     samples_per_prompt: int = 1,
+    generate: Callable | None = None,
 ) -> EvalResult:
     """Completions scored by `reward_fn` (a `RewardRunner`, or a plain reward function): one per
     prompt greedily (temperature 0), or `samples_per_prompt` per prompt when sampling, so the
     sampled accuracy (pass@1) is averaged over more draws than there are held-out prompts --
-    with a few dozen prompts one draw each moves it by several points from seed to seed."""
+    with a few dozen prompts one draw each moves it by several points from seed to seed.
+
+    `generate(rows, prompt_ids, sampling)`, when given, replaces `engine.generate(prompt_ids,
+    sampling)`: it returns, per row, `sampling.n` objects with `.text` (what is scored) and
+    `.token_ids` (what was generated) — multi-turn episodes plug in here
+    (`recipes.rl.multi_turn.episode_generator`)."""
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     n = samples_per_prompt if temperature > 0 else 1
     sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p if temperature > 0 else 1.0, top_k=top_k if temperature > 0 else 0,
                               n=n, seed=seed)
-    completions = [c for group in engine.generate(prompt_ids, sampling) for c in group]
+    groups = generate(rows, prompt_ids, sampling) if generate is not None else engine.generate(prompt_ids, sampling)
+    completions = [c for group in groups for c in group]
     texts = [c.text for c in completions]
     report = score_report(reward_fn, [row for row in rows for _ in range(n)], texts)
     valid = [s for s in report.total if s is not None]  # the runner lets no NaN through

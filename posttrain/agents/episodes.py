@@ -79,8 +79,17 @@ class EpisodeStats:
     model_tokens: int = 0          # sampled tokens
     env_tokens: int = 0            # appended observation/glue tokens
     prompt_tokens: int = 0
+    prefill_tokens: int = 0        # context read before each turn (no KV cache is kept between turns)
     stops: Counter = field(default_factory=Counter)
     env: Counter = field(default_factory=Counter)  # summed `env.stats` counters (tool calls, errors, ...)
+
+    def add(self, other: "EpisodeStats") -> None:
+        """Fold another batch's figures into these (a step's refill rounds, evaluation chunks)."""
+        for f in dataclasses.fields(self):
+            if f.name in ("stops", "env"):
+                getattr(self, f.name).update(getattr(other, f.name))
+            else:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def metrics(self, prefix: str = "episodes") -> dict[str, float]:
         n = max(self.episodes, 1)
@@ -198,6 +207,7 @@ def run_episodes(envs: Sequence[Environment], rows: Sequence[Mapping[str, Any]],
             seed=None if sampling.seed is None else sampling.seed + turn)
         groups = engine.generate([e.trajectory.token_ids for e in live], turn_sampling)
         stats.generate_calls += 1
+        stats.prefill_tokens += sum(len(e.trajectory.token_ids) for e in live)
         for episode, budget, group in zip(live, budgets, groups):
             completion = group[0]
             ids, logprobs = list(completion.token_ids), list(completion.logprobs)

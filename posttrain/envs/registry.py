@@ -12,11 +12,12 @@ Rows are ``{"prompt": [messages], "answer": ..., <other columns>}`` like any pro
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from posttrain.envs.arithmetic import ArithmeticTask
+from posttrain.import_path import lookup
 
-__all__ = ["BUILTIN_PREFIX", "builtin_prompt_rows", "is_builtin_source"]
+__all__ = ["BUILTIN_PREFIX", "ENVIRONMENTS", "builtin_prompt_rows", "environment_factory", "is_builtin_source"]
 
 BUILTIN_PREFIX = "builtin:"
 _REASONING_GYM = "reasoning_gym/"
@@ -60,3 +61,19 @@ def _arithmetic_task(source: str, options: dict[str, Any]) -> ArithmeticTask:
         return ArithmeticTask(**options)
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from exc
+
+
+def _spreadsheet(env_cfg):
+    from posttrain.envs.spreadsheet.environment import environment_factory as spreadsheet  # lazy: openpyxl, duckdb
+
+    return spreadsheet(env_cfg)
+
+
+# Multi-turn environments for `env.name`: each maps an `EnvConfig` (recipes/rl/config.py) to a
+# function row -> a fresh Environment (one per episode: environments hold episode state).
+ENVIRONMENTS: dict[str, Callable[[Any], Callable[[dict], Any]]] = {"spreadsheet": _spreadsheet}
+
+
+def environment_factory(env_cfg) -> Callable[[dict], Any]:
+    """row -> Environment for `env_cfg.name` (a name in ENVIRONMENTS or an import path to a factory)."""
+    return lookup(ENVIRONMENTS, env_cfg.name, "environment")(env_cfg)

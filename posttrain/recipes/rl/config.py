@@ -9,7 +9,7 @@ config wins. The resolved combination is printed and logged at start-up.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 from posttrain.algorithms.presets import AlgorithmPreset, get_preset
 from posttrain.config import ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require
@@ -103,6 +103,36 @@ class CriticConfig:
 
 
 @dataclasses.dataclass
+class EnvConfig:
+    """Multi-turn episodes (agentic RL). With `name` null each prompt gets one completion."""
+
+    # An environment name (`spreadsheet`) or an import path `package.module:factory`, where
+    # factory(env_config) returns a function row -> Environment (posttrain/envs/registry.py).
+    name: Union[str, None] = None
+    # Model turns per episode; `rollout.max_new_tokens` caps each turn.
+    max_turns: int = 8
+    # Model tokens per episode, over all its turns (null: max_turns × rollout.max_new_tokens).
+    max_episode_tokens: Union[int, None] = None
+    # Prompt + every turn + every observation (null: the model's max_position_embeddings).
+    max_context: Union[int, None] = None
+    # Seconds one tool call may run before the model sees a timeout error instead of its output.
+    tool_timeout_s: float = 10.0
+    # How tool calls are read from the model's text: `hermes` (Qwen, Hermes: <tool_call>{json}</tool_call>),
+    # another registered family, or an import path (posttrain/agents/parsers.py).
+    parser: str = "hermes"
+    # The environment's own settings (e.g. the spreadsheet generator's workbook spec).
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        require(self.max_turns >= 1, f"env.max_turns must be >= 1, got {self.max_turns}")
+        require(self.max_episode_tokens is None or self.max_episode_tokens >= 1,
+                f"env.max_episode_tokens must be >= 1 or null, got {self.max_episode_tokens}")
+        require(self.max_context is None or self.max_context >= 2,
+                f"env.max_context must be >= 2 or null, got {self.max_context}")
+        require(self.tool_timeout_s > 0, f"env.tool_timeout_s must be > 0, got {self.tool_timeout_s}")
+
+
+@dataclasses.dataclass
 class RLConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(eval_fraction=0.05))
@@ -114,6 +144,7 @@ class RLConfig:
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     critic: CriticConfig = dataclasses.field(default_factory=CriticConfig)
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
     steps: int = 100
     # Sequences per forward/backward pass; a step's prompts_per_step × samples_per_prompt
     # sequences are split into micro-batches of this size (gradient accumulation in between).
@@ -139,6 +170,7 @@ class RLConfig:
                 f"{r.samples_per_prompt} = {sequences} sequences) must be a multiple of micro_batch_size "
                 f"({self.micro_batch_size})")
         require(self.updates_per_batch >= 1, "updates_per_batch must be >= 1")
+        self.env.validate()
         require(self.reward.missing_eos_penalty is None or self.reward.missing_eos_penalty >= 0,
                 f"reward.missing_eos_penalty must be >= 0 (it is subtracted), got {self.reward.missing_eos_penalty}")
         require(bool(self.reward.functions), "reward.functions must name at least one reward")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from posttrain.recipes.rl.multi_turn import episode_generator
 from posttrain.evaluation import Scorer, as_runner, eval_reward_runner, evaluate_accuracy, result_metrics
 from posttrain.verifiers.combine import RewardRunner
 
@@ -32,7 +33,7 @@ def rl_eval_reward_runner(cfg, *, warn: Callable[[str], None] | None = None,
                               share=share if same_limits else None)
 
 
-def evaluate_prompts(engine, prompts, reward_fn: Scorer, cfg, ledger, n_params) -> dict:
+def evaluate_prompts(engine, prompts, reward_fn: Scorer, cfg, ledger, n_params, *, episodes=None) -> dict:
     """Greedy accuracy, and sampled accuracy at the rollout temperature, on held-out prompts.
 
     `reward_fn`: the runner from `rl_eval_reward_runner` (preferred), or a plain reward function
@@ -42,6 +43,10 @@ def evaluate_prompts(engine, prompts, reward_fn: Scorer, cfg, ledger, n_params) 
     temperature), so the two numbers compare like with like. Beside each accuracy:
     ``eval/reward_<label>``, ``eval/reward_errors_<label>`` and ``eval/unscorable_<label>``;
     ``eval/reward_errors`` adds up both settings.
+
+    `episodes`: `(make_env, tokenizer, limits)` for a multi-turn run: each held-out row is played
+    as a whole episode and its final answer scored; ``eval/episodes_<label>/*`` say how the
+    episodes went (turns, stops, tool errors).
     """
     rows = prompts.rows[: cfg.eval.num_samples]
     prompt_ids = prompts.prompt_ids[: cfg.eval.num_samples]
@@ -56,10 +61,17 @@ def evaluate_prompts(engine, prompts, reward_fn: Scorer, cfg, ledger, n_params) 
     errors = 0
     with runner_cm as runner:
         for label, temperature in (("greedy", 0.0), ("sampled", cfg.rollout.temperature)):
+            stats: list = []
+            generate = None if episodes is None else episode_generator(engine, *episodes, stats=stats)
             result = evaluate_accuracy(engine, rows, prompt_ids, runner, max_new_tokens=cfg.rollout.max_new_tokens,
                                        temperature=temperature, seed=cfg.run.seed + 7, top_p=cfg.rollout.top_p,
-                                       top_k=cfg.rollout.top_k, samples_per_prompt=cfg.eval.samples_per_prompt)
-            ledger.record("eval", tokens=result.generated_tokens + sum(map(len, prompt_ids)), params=n_params)
+                                       top_k=cfg.rollout.top_k, samples_per_prompt=cfg.eval.samples_per_prompt,
+                                       generate=generate)
+            read = sum(map(len, prompt_ids))  # one prefill per prompt; episodes re-read their history each turn
+            if stats:
+                read = stats[0].prefill_tokens
+                metrics.update(stats[0].metrics(prefix=f"eval/episodes_{label}"))
+            ledger.record("eval", tokens=result.generated_tokens + read, params=n_params)
             metrics.update(result_metrics(result, label))
             errors += result.num_errors
     metrics["eval/reward_errors"] = float(errors)

@@ -32,12 +32,14 @@ from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.engines.factory import build_engine
 from posttrain.models.build import load_model_and_tokenizer
 from posttrain.models.passes import batch_logprobs, forward_logprobs
+from posttrain.envs.registry import environment_factory
 from posttrain.models.reference import reference_model
 from posttrain.recipes.prompt_data import load_prompt_sets
 from posttrain.recipes.rl.batch import RolloutBatch
 from posttrain.recipes.rl.config import RLConfig
 from posttrain.recipes.rl.rewards import reward_runners
-from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
+from posttrain.recipes.rl.multi_turn import episode_limits, rollout_round
+from posttrain.recipes.rl.rollouts import collect_rollouts
 from posttrain.recipes.rl.evaluation import evaluate_prompts
 from posttrain.run import Run
 from posttrain.training.loop import TrainingLoop, set_seed, start_run
@@ -63,10 +65,13 @@ def train(cfg: RLConfig) -> dict:
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * cfg.updates_per_batch)
         ledger = ComputeLedger()
         n_params = matmul_params(model)
-        generate_and_score = single_turn_round(engine, rewards, ledger, n_params)
+        make_env = environment_factory(cfg.env) if cfg.env.name else None  # multi-turn episodes
+        limits = episode_limits(cfg, getattr(model.config, "max_position_embeddings", None))
+        generate_and_score = rollout_round(cfg, engine, tokenizer, rewards, ledger, n_params, make_env, limits)
+        episodes = (make_env, tokenizer, limits) if make_env else None
 
         def evaluate() -> dict:
-            return evaluate_prompts(engine, eval_prompts, score_eval, cfg, ledger, n_params)
+            return evaluate_prompts(engine, eval_prompts, score_eval, cfg, ledger, n_params, episodes=episodes)
 
         def rl_step(step: int) -> dict:
             batch, metrics = collect_rollouts(generate_and_score, train_prompts, cfg, algo, step,

@@ -46,6 +46,7 @@ from posttrain.engines.factory import build_engine
 from posttrain.models.build import load_model_and_tokenizer, resolve_model_path
 from posttrain.models.loading import load_tokenizer, resolve_device
 from posttrain.models.passes import batch_logprobs, batch_values, forward_logprobs, forward_values
+from posttrain.envs.registry import environment_factory
 from posttrain.models.reference import reference_model
 from posttrain.models.scalar_head import load_scalar_model
 from posttrain.recipes.prompt_data import load_prompt_sets
@@ -53,7 +54,8 @@ from posttrain.recipes.rl.batch import RolloutBatch
 from posttrain.recipes.rl.config import RLConfig
 from posttrain.recipes.rl.grpo import old_logprobs
 from posttrain.recipes.rl.rewards import reward_runners
-from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
+from posttrain.recipes.rl.multi_turn import episode_limits, rollout_round
+from posttrain.recipes.rl.rollouts import collect_rollouts
 from posttrain.recipes.rl.evaluation import evaluate_prompts
 from posttrain.rewards import REWARD_MODEL_PREFIX
 from posttrain.run import Run
@@ -88,10 +90,13 @@ def train(cfg: RLConfig) -> dict:
         kl_control = build_kl_controller(algo.kl_coef, algo.kl_target, algo.kl_horizon)
         ledger = ComputeLedger()
         n_params = {"policy": matmul_params(policy), "value": matmul_params(critic)}
-        generate_and_score = single_turn_round(engine, rewards, ledger, n_params["policy"])
+        make_env = environment_factory(cfg.env) if cfg.env.name else None  # multi-turn episodes
+        limits = episode_limits(cfg, getattr(policy.config, "max_position_embeddings", None))
+        generate_and_score = rollout_round(cfg, engine, tokenizer, rewards, ledger, n_params["policy"], make_env, limits)
+        episodes = (make_env, tokenizer, limits) if make_env else None
 
         def evaluate() -> dict:
-            return evaluate_prompts(engine, eval_prompts, score_eval, cfg, ledger, n_params["policy"])
+            return evaluate_prompts(engine, eval_prompts, score_eval, cfg, ledger, n_params["policy"], episodes=episodes)
 
         def ppo_step(step: int) -> dict:
             batch, metrics = collect_rollouts(generate_and_score, train_prompts, cfg, algo, step,

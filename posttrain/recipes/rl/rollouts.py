@@ -22,6 +22,7 @@ import torch
 
 from posttrain.algorithms.advantages import group_stats, keep_mask_for_informative_groups
 from posttrain.algorithms.policy_loss import overlong_penalty
+from posttrain.agents.episodes import EpisodeStats
 from posttrain.compute import ComputeLedger
 from posttrain.engines.base import Engine, SamplingParams
 from posttrain.recipes.prompt_data import PromptSet
@@ -39,6 +40,7 @@ class ScoredRound:
     rewards: list[float | None]
     prompt_index: list[int]
     metrics: dict = field(default_factory=dict)  # the reward runner's figures for this round
+    episodes: EpisodeStats | None = None  # multi-turn rounds: turns, stops, tool calls
 
 
 # (rows, prompt token ids, sampling) -> ScoredRound; `sampling.n` rollouts per prompt.
@@ -79,6 +81,7 @@ def collect_rollouts(generate_and_score: GenerateAndScore, prompts: PromptSet, c
     kept: list[RolloutBatch] = []
     sampled: list[RolloutBatch] = []
     round_metrics: list[tuple[dict, int]] = []
+    episodes: EpisodeStats | None = None
     kept_groups = zero_groups = total_groups = 0
     rounds = 1 + (r.max_refill_rounds if algo.dynamic_sampling else 0)
     for round_index in range(rounds):
@@ -93,6 +96,10 @@ def collect_rollouts(generate_and_score: GenerateAndScore, prompts: PromptSet, c
         batch = shape_rewards(build_batch(scored.sequences, scored.rewards, group_ids, pad_id), cfg, algo)
         sampled.append(batch)
         round_metrics.append((scored.metrics, batch.size))
+        if scored.episodes is not None and episodes is None:
+            episodes = scored.episodes
+        elif scored.episodes is not None:
+            episodes.add(scored.episodes)
         total_groups += len(indices)
         zero_groups += group_stats(batch.rewards, batch.group_ids).num_uniform if G > 1 else 0  # PPO may sample once
         if not algo.dynamic_sampling:
@@ -117,6 +124,7 @@ def collect_rollouts(generate_and_score: GenerateAndScore, prompts: PromptSet, c
         "response/truncated_fraction": float(everything.truncated.float().mean()),
         "response/unscorable": float((~everything.scorable).sum()),
         **merge_reward_metrics(round_metrics),
+        **(episodes.metrics() if episodes is not None else {}),
     }
     if not kept:  # every group uniform after all refills: nothing to learn from this step
         return RolloutBatch.empty(), metrics
