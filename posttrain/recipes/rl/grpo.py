@@ -98,14 +98,15 @@ def train(cfg: RLConfig) -> dict:
                        "response/length_mean"])
 
 
-def old_logprobs(model, engine, batch: RolloutBatch, cfg: RLConfig) -> torch.Tensor | None:
+def old_logprobs(model, engine, batch: RolloutBatch, cfg: RLConfig) -> tuple[torch.Tensor | None, bool]:
     """The log-probs the importance ratio divides by, or None: "the current ones, detached"
-    (one update per batch from an engine sharing the trainer's weights — see the module docstring)."""
+    (one update per batch from an engine sharing the trainer's weights — see the module docstring);
+    and whether a forward pass computed them (for the compute ledger)."""
     if not engine.shares_weights(model):
-        return batch.sampler_logprobs
+        return batch.sampler_logprobs, False
     if cfg.updates_per_batch > 1:
-        return batch_logprobs(model, batch, cfg.rollout.temperature, cfg.micro_batch_size)
-    return None
+        return batch_logprobs(model, batch, cfg.rollout.temperature, cfg.micro_batch_size), True
+    return None, False
 
 
 def train_on_batch(model, reference, engine, optimizer, scheduler, batch: RolloutBatch, cfg: RLConfig, algo,
@@ -115,8 +116,8 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
     mask = batch.mask * batch.scorable.unsqueeze(1)
     tokens = int(batch.attention_mask.sum())
     with ledger.timed("reference"):
-        old_logp = old_logprobs(model, engine, batch, cfg)
-        if old_logp is not None and old_logp is not batch.sampler_logprobs:
+        old_logp, computed = old_logprobs(model, engine, batch, cfg)
+        if computed:
             ledger.record("reference", tokens=tokens, params=n_params)
         ref_logp = None
         if reference is not None:

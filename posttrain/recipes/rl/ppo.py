@@ -175,10 +175,10 @@ def train_on_batch(policy, critic, reference, engine, trained, optimizer, schedu
     valid = mask > 0
     tokens = int(batch.attention_mask.sum())
     with ledger.timed("reference"):
-        old_logp = old_logprobs(policy, engine, batch, cfg)
+        old_logp, computed = old_logprobs(policy, engine, batch, cfg)
         if old_logp is None:  # PPO's KL-shaped reward needs them even for a single update
-            old_logp = batch_logprobs(policy, batch, T, mbs)
-        if old_logp is not batch.sampler_logprobs:
+            old_logp, computed = batch_logprobs(policy, batch, T, mbs), True
+        if computed:
             ledger.record("reference", tokens=tokens, params=n_params["policy"])
         ref_logp = old_logp
         if reference is not None:

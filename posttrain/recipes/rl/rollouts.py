@@ -146,6 +146,8 @@ def shape_rewards(batch: RolloutBatch, cfg, algo) -> RolloutBatch:
 
 
 def _fill_unscorable(batch: RolloutBatch) -> RolloutBatch:
+    # Not `GroupLayout`: that needs equal groups of >= 2 (what a group baseline assumes), while PPO
+    # samples each prompt once and a refilled DAPO batch may hold any group sizes here.
     if bool(batch.scorable.all()):
         return batch
     _, group = torch.unique(batch.group_ids, return_inverse=True)
