@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="build the offline tiny model + tokenizer into a directory")
     tiny.add_argument("out_dir", type=Path)
     tiny.add_argument("--arch", default="qwen2", choices=["qwen2", "llama"])
-    tiny.add_argument("--preset", default="tiny", help="tiny (~1-2M params) or small (~10-30M)")
+    tiny.add_argument("--preset", default="tiny", help="tiny (~1-2M params), agent (tiny with a 2k context) or small (~10-30M)")
     tiny.add_argument("--seed", type=int, default=0)
 
     data = sub.add_parser("make-data", help="write the built-in arithmetic task as JSONL")

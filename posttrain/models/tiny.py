@@ -48,6 +48,17 @@ PRESETS: dict[str, dict[str, int | bool]] = {
         "max_position_embeddings": 512,
         "tie_word_embeddings": True,
     },
+    # For agentic tasks: tiny's width with the context a multi-turn tool conversation needs
+    # (tool schemas in the system turn, several calls and results: 1–2k tokens).
+    "agent": {
+        "hidden_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 512,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
+    },
     "small": {
         "hidden_size": 384,
         "num_hidden_layers": 6,
@@ -318,6 +329,7 @@ def build_tiny_model(
     preset: str = "tiny",
     seed: int = 0,
     vocab_size: int = 1024,
+    extra_corpus: Iterable[str] | None = None,
 ) -> Path:
     """Build and save a randomly initialised causal LM with its tokenizer, fully offline.
 
@@ -328,9 +340,12 @@ def build_tiny_model(
     Args:
         out_dir: where to save (created if missing).
         arch: ``"qwen2"`` or ``"llama"``.
-        preset: a key of :data:`PRESETS` (``"tiny"`` or ``"small"``).
+        preset: a key of :data:`PRESETS` (``"tiny"``, ``"agent"`` or ``"small"``).
         seed: seeds the weight initialisation (the tokenizer is the same for every seed).
         vocab_size: tokenizer (and embedding) size.
+        extra_corpus: more tokenizer-training text (e.g. the conversations of an agentic task, so
+            its tool names and JSON keys get merges and its sequences get shorter). The vocabulary
+            then differs from the default tiny models'.
 
     Returns:
         ``out_dir`` as a ``Path``.
@@ -339,7 +354,7 @@ def build_tiny_model(
     out_dir = Path(out_dir)
     # The corpus seed is fixed on purpose: every tiny model (any `seed`) shares one vocabulary,
     # so e.g. a policy and a reward model built with different seeds can read each other's ids.
-    tokenizer = train_tokenizer(default_corpus(0), vocab_size=vocab_size)
+    tokenizer = train_tokenizer(default_corpus(0) + list(extra_corpus or []), vocab_size=vocab_size)
     tokenizer.model_max_length = int(PRESETS[preset]["max_position_embeddings"])
     model = _random_model(arch, preset, tokenizer, seed)
 
