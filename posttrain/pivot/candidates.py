@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from posttrain.agents.action_match import ExpertAction
+
 __all__ = ["Candidate", "candidates_fingerprint", "expert_action", "extract_candidates"]
 
 
@@ -44,23 +46,11 @@ class Candidate:
 
 
 def expert_action(message: Mapping[str, Any]) -> dict:
-    """The comparable part of an assistant message: its text and its calls as {name, arguments}
-    (arguments decoded from a JSON string when a dataset stores them so)."""
-    calls = []
-    for i, call in enumerate(message.get("tool_calls") or []):
-        fn = call.get("function", call) if isinstance(call, Mapping) else None
-        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
-            raise ValueError(f"tool_calls[{i}] has no function name: {call!r}")
-        arguments = fn.get("arguments", {})
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"tool_calls[{i}] ({fn['name']}): arguments are not JSON: {exc}") from None
-        if not isinstance(arguments, Mapping):
-            raise ValueError(f"tool_calls[{i}] ({fn['name']}): arguments must be an object, got {arguments!r}")
-        calls.append({"name": fn["name"], "arguments": dict(arguments)})
-    return {"content": str(message.get("content") or ""), "tool_calls": calls}
+    """The comparable part of an assistant message, as plain JSON: its text and its calls as
+    {name, arguments} (checked and decoded by `agents.action_match.ExpertAction.from_message`)."""
+    action = ExpertAction.from_message(message)
+    return {"content": action.content,
+            "tool_calls": [{"name": call.name, "arguments": dict(call.arguments)} for call in action.calls]}
 
 
 def extract_candidates(rows: Iterable[Mapping[str, Any]], *, source: str = "expert data") -> list[Candidate]:

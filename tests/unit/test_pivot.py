@@ -53,10 +53,10 @@ def test_every_assistant_turn_is_a_candidate_with_the_full_history_before_it():
     ({"messages": []}, "row 0: 'messages' must be a non-empty list"),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, "the first message is the assistant's"),
     ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"function": {}}]}]},
-     "row 0, message 1: tool_calls\\[0\\] has no function name"),
+     "row 0, message 1: expert tool_calls\\[0\\] must have a string 'name'"),
     ({"messages": [{"role": "user", "content": "q"},
                    {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}]}]},
-     "message 1: tool_calls\\[0\\] \\(f\\): arguments are not JSON"),
+     "message 1: expert tool_calls\\[0\\] \\('f'\\): arguments are not JSON"),
     ({"messages": ["not a dict"]}, "row 0, message 0: expected a dict"),
 ])
 def test_malformed_expert_rows_are_refused_with_the_row_and_message_named(row, message):
@@ -143,3 +143,26 @@ def test_saved_profiles_are_reused_only_for_what_they_were_measured_on(tmp_path)
     with pytest.raises(ValueError, match="line 4: not a candidate profile"):
         load_profiles(path, meta)
     assert json.loads(path.read_text().splitlines()[0])["meta"]["k"] == 2
+
+
+def test_the_pivot_reward_scores_a_sampled_turn_against_the_expert_action():
+    from posttrain.pivot.reward import candidate_row, exact_action_reward
+
+    _, parallel, message = extract_candidates([trajectory()])
+    row = candidate_row(parallel)
+    assert row["prompt"] == parallel.state and row["tools"] == TOOLS and row["file"] == "book.xlsx"
+
+    def score(row, text):
+        return exact_action_reward(row["prompt"], text, **{k: v for k, v in row.items() if k != "prompt"})
+
+    both = ('<tool_call>\n{"name": "query", "arguments": {"sql": "SELECT 2"}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "query", "arguments": {"sql": "SELECT 1"}}\n</tool_call>')
+    one = '<tool_call>\n{"name": "query", "arguments": {"sql": "SELECT 1"}}\n</tool_call>'
+    assert score(row, both) == 1.0  # order of parallel calls does not matter
+    assert score(row, one) == pytest.approx(2 / 3)  # F1: precision 1, recall 1/2
+    assert score(row, "The total is 3.") == 0.0  # a message where calls are expected
+    assert score(row, "<tool_call>{broken</tool_call>") == 0.0
+    text = candidate_row(message)
+    assert score(text, "the total is 3.") == 1.0
+    assert score(text, "Something else entirely.") == 0.0  # any text is not the expert's message
+    assert score(text, one) == 0.0
