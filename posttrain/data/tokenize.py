@@ -47,12 +47,15 @@ class TokenizedPair:
     prompt_length: int
 
 
-def render_chat(tokenizer: Any, messages: list[Message], *, add_generation_prompt: bool) -> str:
-    """The chat template's text for `messages` (no tokenisation)."""
+def render_chat(tokenizer: Any, messages: list[Message], *, add_generation_prompt: bool,
+                tools: list[dict] | None = None) -> str:
+    """The chat template's text for `messages` (no tokenisation); `tools` (JSON schemas) go to the
+    template's ``tools`` argument, which shows them to the model (usually in the system turn)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the tokenizer has no chat_template; conversational data needs one "
                          "(set tokenizer.chat_template, or use plain-text prompt/completion rows)")
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    text = tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
     if not isinstance(text, str):  # defensive: some versions wrap a single rendering in a list
         text = text[0]
     return text
@@ -66,13 +69,15 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
     return ([bos] if bos is not None and bos != eos else []) + ids
 
 
-def tokenize_prompt(example: PromptExample | SFTExample | PreferenceExample | Text, tokenizer: Any) -> list[int]:
+def tokenize_prompt(example: PromptExample | SFTExample | PreferenceExample | Text, tokenizer: Any,
+                    tools: list[dict] | None = None) -> list[int]:
     """Prompt ids for generation: a message list gets the chat template with the generation
-    prompt (so the model continues as the assistant); a string is encoded as is (`encode_text`)."""
+    prompt (so the model continues as the assistant) and `tools`; a string is encoded as is
+    (`encode_text`)."""
     prompt = example if isinstance(example, (str, list)) else example.prompt
     if isinstance(prompt, str):
         return encode_text(tokenizer, prompt)
-    text = render_chat(tokenizer, prompt, add_generation_prompt=True)
+    text = render_chat(tokenizer, prompt, add_generation_prompt=True, tools=tools)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

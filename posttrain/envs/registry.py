@@ -17,7 +17,8 @@ from typing import Any, Callable
 from posttrain.envs.arithmetic import ArithmeticTask
 from posttrain.import_path import lookup
 
-__all__ = ["BUILTIN_PREFIX", "ENVIRONMENTS", "builtin_prompt_rows", "environment_factory", "is_builtin_source"]
+__all__ = ["BUILTIN_PREFIX", "ENVIRONMENTS", "EnvironmentSpec", "builtin_prompt_rows", "environment_spec",
+           "is_builtin_source"]
 
 BUILTIN_PREFIX = "builtin:"
 _REASONING_GYM = "reasoning_gym/"
@@ -63,17 +64,44 @@ def _arithmetic_task(source: str, options: dict[str, Any]) -> ArithmeticTask:
         raise ValueError(f"{source}: {exc}") from exc
 
 
-def _spreadsheet(env_cfg):
-    from posttrain.envs.spreadsheet.environment import environment_factory as spreadsheet  # lazy: openpyxl, duckdb
+@dataclasses.dataclass(frozen=True)
+class EnvironmentSpec:
+    """What a multi-turn environment gives the recipes.
 
-    return spreadsheet(env_cfg)
+    Attributes:
+        make: row -> a fresh Environment (one per episode: environments hold episode state).
+        rows: (source, split, seed) -> prompt rows, for `data.train` / `data.eval` sources the
+            environment understands (its generated tasks, a user's task file); None: the usual
+            prompt-file loading applies.
+        expert_rows: task rows -> expert trajectories as chat records
+            (``{"messages", "tools", <task columns>}``): SFT data and PivotRL's candidates.
+        action_reward: import path of PivotRL's functional verifier for this environment's tools
+            (a reward function over candidate rows, `posttrain.pivot.reward`).
+    """
+
+    make: Callable[[dict], Any]
+    rows: Callable[[str, str, int], list[dict]] | None = None
+    expert_rows: Callable[[list[dict]], list[dict]] | None = None
+    action_reward: str = "posttrain.pivot.reward:exact_action_reward"
 
 
-# Multi-turn environments for `env.name`: each maps an `EnvConfig` (recipes/rl/config.py) to a
-# function row -> a fresh Environment (one per episode: environments hold episode state).
-ENVIRONMENTS: dict[str, Callable[[Any], Callable[[dict], Any]]] = {"spreadsheet": _spreadsheet}
+def _spreadsheet(env_cfg) -> EnvironmentSpec:
+    from posttrain.envs.spreadsheet.environment import environment_spec  # lazy: openpyxl, duckdb
+
+    return environment_spec(env_cfg)
 
 
-def environment_factory(env_cfg) -> Callable[[dict], Any]:
-    """row -> Environment for `env_cfg.name` (a name in ENVIRONMENTS or an import path to a factory)."""
-    return lookup(ENVIRONMENTS, env_cfg.name, "environment")(env_cfg)
+# Multi-turn environments for `env.name`: each maps an `EnvConfig` (recipes/rl/config.py) to an
+# EnvironmentSpec (or just the function row -> Environment).
+ENVIRONMENTS: dict[str, Callable[[Any], Any]] = {"spreadsheet": _spreadsheet}
+
+
+def environment_spec(env_cfg) -> EnvironmentSpec:
+    """The spec of `env_cfg.name` (a name in ENVIRONMENTS or an import path to a factory)."""
+    made = lookup(ENVIRONMENTS, env_cfg.name, "environment")(env_cfg)
+    if isinstance(made, EnvironmentSpec):
+        return made
+    if not callable(made):
+        raise ValueError(f"environment {env_cfg.name!r}: its factory must return an EnvironmentSpec or a function "
+                         f"row -> Environment, got {type(made).__name__}")
+    return EnvironmentSpec(make=made)

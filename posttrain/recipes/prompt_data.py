@@ -10,6 +10,7 @@ the file and column named instead of failing inside the first reward call.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from posttrain.config import DataConfig
 from posttrain.data.examples import LoadedExamples, load_examples
@@ -49,7 +50,9 @@ def _checked(rows: list[dict], rewards: Rewards | None, source: str, cfg: DataCo
 
 
 def load_prompt_sets(cfg: DataConfig, tokenizer, *, seed: int, console=None, rewards: Rewards | None = None,
-                     eval_rewards: Rewards | None = None) -> tuple[PromptSet, PromptSet]:
+                     eval_rewards: Rewards | None = None,
+                     source_rows: Callable[[str, str, int], list[dict] | None] | None = None
+                     ) -> tuple[PromptSet, PromptSet]:
     """Training and held-out prompts. Prompts longer than `cfg.max_length` tokens are bad rows.
 
     `rewards` (reward names such as ``cfg.reward.functions``, name -> function, or a
@@ -57,9 +60,21 @@ def load_prompt_sets(cfg: DataConfig, tokenizer, *, seed: int, console=None, rew
     against the held-out ones: a row without a column a reward needs is a bad row (DataError
     naming the file and column, or skipped and counted under ``data.on_bad_row=skip``); a
     column that no row has always raises.
+
+    `source_rows(source, split, seed)`: an environment's own loader (`EnvironmentSpec.rows`); when
+    it returns rows for `data.train` (its generated tasks, a task file it reads), those are used,
+    and `data.eval` (or the same source's "test" split) for the held-out ones.
     """
     eval_rewards = rewards if eval_rewards is None else eval_rewards
-    if cfg.train == BUILTIN_ARITHMETIC:
+    own = source_rows(cfg.train, "train", seed) if source_rows is not None else None
+    if own is not None:
+        held = source_rows(cfg.eval or cfg.train, "test", seed)
+        if held is None:
+            raise ValueError(f"data.eval {cfg.eval!r}: the environment cannot read it (data.train {cfg.train!r} "
+                             "is the environment's, so the held-out tasks must be too)")
+        train_rows = _checked(own, rewards, cfg.train, cfg, console=console)
+        eval_rows = _checked(held, eval_rewards, cfg.eval or cfg.train + "/test", cfg, console=console)
+    elif cfg.train == BUILTIN_ARITHMETIC:
         task = arithmetic_task(cfg)
         train_rows = task.problems(cfg.arithmetic.num_train, seed=seed, split="train")
         eval_rows = task.problems(cfg.arithmetic.num_eval, seed=seed, split="test")
@@ -95,7 +110,7 @@ def load_prompt_sets(cfg: DataConfig, tokenizer, *, seed: int, console=None, rew
     for rows in (train_rows, eval_rows):
         kept, ids = [], []
         for row in rows:
-            prompt_ids = tokenize_prompt(row["prompt"], tokenizer)
+            prompt_ids = tokenize_prompt(row["prompt"], tokenizer, tools=row.get("tools"))  # tool-use states
             if len(prompt_ids) > cfg.max_length:
                 if cfg.on_bad_row == "error":
                     raise ValueError(f"{cfg.train}: a prompt has {len(prompt_ids)} tokens, more than "

@@ -32,7 +32,7 @@ from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.engines.factory import build_engine
 from posttrain.models.build import load_model_and_tokenizer
 from posttrain.models.passes import batch_logprobs, forward_logprobs
-from posttrain.envs.registry import environment_factory
+from posttrain.envs.registry import environment_spec
 from posttrain.models.reference import reference_model
 from posttrain.recipes.prompt_data import load_prompt_sets
 from posttrain.recipes.rl.batch import RolloutBatch
@@ -58,14 +58,16 @@ def train(cfg: RLConfig) -> dict:
         train_mode(model, dropout=False)
         reference = reference_model(model) if algo.kl_coef > 0 else None
         engine = build_engine(cfg.rollout.engine, model, tokenizer)
+        spec = environment_spec(cfg.env) if cfg.env.name else None  # multi-turn episodes
         train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
-                                                       rewards=rewards, eval_rewards=score_eval)
+                                                       rewards=rewards, eval_rewards=score_eval,
+                                                       source_rows=spec.rows if spec else None)
 
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * cfg.updates_per_batch)
         ledger = ComputeLedger()
         n_params = matmul_params(model)
-        make_env = environment_factory(cfg.env) if cfg.env.name else None  # multi-turn episodes
+        make_env = spec.make if spec else None
         limits = episode_limits(cfg, getattr(model.config, "max_position_embeddings", None))
         generate_and_score = rollout_round(cfg, engine, tokenizer, rewards, ledger, n_params, make_env, limits)
         episodes = (make_env, tokenizer, limits) if make_env else None

@@ -46,7 +46,7 @@ from posttrain.engines.factory import build_engine
 from posttrain.models.build import load_model_and_tokenizer, resolve_model_path
 from posttrain.models.loading import load_tokenizer, resolve_device
 from posttrain.models.passes import batch_logprobs, batch_values, forward_logprobs, forward_values
-from posttrain.envs.registry import environment_factory
+from posttrain.envs.registry import environment_spec
 from posttrain.models.reference import reference_model
 from posttrain.models.scalar_head import load_scalar_model
 from posttrain.recipes.prompt_data import load_prompt_sets
@@ -81,8 +81,10 @@ def train(cfg: RLConfig) -> dict:
             if isinstance(getattr(reward.fn, "model", None), torch.nn.Module):
                 reward.fn.model.eval()
         engine = build_engine(cfg.rollout.engine, policy, tokenizer)
+        spec = environment_spec(cfg.env) if cfg.env.name else None  # multi-turn episodes
         train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
-                                                       rewards=rewards, eval_rewards=score_eval)
+                                                       rewards=rewards, eval_rewards=score_eval,
+                                                       source_rows=spec.rows if spec else None)
 
         trained = torch.nn.ModuleDict({"policy": policy, "value": critic})  # one optimizer, one checkpoint
         optimizer = build_optimizer(trained, cfg.optim)
@@ -90,7 +92,7 @@ def train(cfg: RLConfig) -> dict:
         kl_control = build_kl_controller(algo.kl_coef, algo.kl_target, algo.kl_horizon)
         ledger = ComputeLedger()
         n_params = {"policy": matmul_params(policy), "value": matmul_params(critic)}
-        make_env = environment_factory(cfg.env) if cfg.env.name else None  # multi-turn episodes
+        make_env = spec.make if spec else None
         limits = episode_limits(cfg, getattr(policy.config, "max_position_embeddings", None))
         generate_and_score = rollout_round(cfg, engine, tokenizer, rewards, ledger, n_params["policy"], make_env, limits)
         episodes = (make_env, tokenizer, limits) if make_env else None
