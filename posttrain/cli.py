@@ -19,6 +19,8 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
     "sft": ("posttrain.recipes.sft", "SFTConfig", "train", "supervised fine-tuning on chat or completion data"),
     "rl": ("posttrain.recipes.rl", "RLConfig", "train",
            "RL: grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo with verifiable rewards; ppo with a reward model"),
+    "pivotrl": ("posttrain.recipes.pivotrl", "PivotRLConfig", "train",
+                "PivotRL: profile expert turns with the policy, RL on the pivotal ones only (env.name: spreadsheet)"),
     "dpo": ("posttrain.recipes.preference.dpo", "DPOConfig", "train",
             "preference alignment without a reward model: dpo, ipo, cdpo, simpo, orpo, kto"),
     "reward-model": ("posttrain.recipes.preference.reward_model", "RewardModelConfig", "train",

@@ -76,6 +76,14 @@ ALGORITHM_PRESETS: dict[str, AlgorithmPreset] = {
         loss_normaliser=1.0,
         paper="Ahmadian et al. 2024, Back to Basics: Revisiting REINFORCE Style Optimization, arXiv 2402.14740",
     ),
+    # PivotRL (Yi et al. 2026, arXiv 2603.21383) as NVIDIA's public recipe runs it: a leave-one-out
+    # baseline, PPO clip 0.2 / 0.2, no KL term (the policy stays near the expert's turns because it
+    # is only ever trained on them). Token-mean aggregation is ours.
+    "pivotrl": AlgorithmPreset(
+        advantage="rloo", policy_loss="ppo_clip", aggregation="token-mean",
+        eps_low=0.2, eps_high=0.2, kl_coef=0.0, kl_estimator="k1", kl_placement="loss",
+        paper="Yi et al. 2026, PivotRL: High Accuracy Agentic Post-Training at Low Compute Cost, arXiv 2603.21383",
+    ),
     # Hu et al. 2025, "REINFORCE++" (arXiv 2501.03262): k1 KL folded into the token reward,
     # reward-to-go, advantages whitened over the global batch, PPO clip 0.2, token-mean loss.
     # β = 0.01 is ours.

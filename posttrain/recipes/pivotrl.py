@@ -1,0 +1,248 @@
+"""`posttrain pivotrl`: RL spent only on the pivotal turns of expert trajectories.
+
+PivotRL (Yi et al. 2026, arXiv 2603.21383), top to bottom:
+    expert trajectories (the environment's scripted expert, or a JSONL of chat records)
+    → candidates: every expert model call, state = the history before it (pivot/candidates.py)
+    → profile each candidate with the frozen starting policy: K one-turn samples, each scored by
+      the functional verifier against the expert's action, no environment step (pivot/profile.py)
+    → pivots: reward variance > 0 and mean < λ
+    → single-turn GRPO-family updates on the pivots only (preset `pivotrl`: leave-one-out
+      baseline, clip 0.2, no KL), the loss on the action tokens
+    → when the pivots' reward saturates, re-profile every candidate with the current policy and
+      pick new pivots (as the Nemotron 3 reports describe doing).
+Held-out evaluation plays whole episodes in the environment (task success), as end-to-end RL's
+does, so the two are compared on the same measure; the rollout turns spent are counted in the
+same way (one per sampled model turn, profiling included).
+
+Profiles are saved under the run directory with what they were measured on and reused by a
+resumed run or by a later run pointed at them (`pivot.profile_dir`). A resumed run also
+restores which profile (initial or a re-profile) was in use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Union
+
+from posttrain.agents.episodes import TemplateEncoder
+from posttrain.compute import ComputeLedger, matmul_params
+from posttrain.config import require
+from posttrain.data.readers import read_records
+from posttrain.engines.base import SamplingParams
+from posttrain.engines.factory import build_engine
+from posttrain.envs.registry import environment_spec
+from posttrain.models.build import load_model_and_tokenizer
+from posttrain.models.reference import reference_model
+from posttrain.pivot.candidates import Candidate, candidates_fingerprint, extract_candidates
+from posttrain.pivot.profile import (CandidateProfile, load_profiles, profile_candidates, profile_metrics,
+                                     save_profiles, select_pivots)
+from posttrain.pivot.reward import candidate_row
+from posttrain.recipes.prompt_data import PromptSet, load_prompt_sets
+from posttrain.recipes.rl.config import AlgorithmConfig, RLConfig
+from posttrain.recipes.rl.evaluation import evaluate_prompts, rl_eval_reward_runner
+from posttrain.recipes.rl.grpo import train_on_batch
+from posttrain.recipes.rl.multi_turn import episode_limits
+from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
+from posttrain.rewards import resolve_reward
+from posttrain.training.loop import TrainingLoop, set_seed, start_run, warn_to
+from posttrain.training.modes import train_mode
+from posttrain.training.optim import build_optimizer, build_scheduler
+from posttrain.verifiers.combine import RewardRunner
+
+__all__ = ["PivotConfig", "PivotRLConfig", "train"]
+
+
+@dataclasses.dataclass
+class PivotConfig:
+    # Expert trajectories: "builtin" = the environment's scripted expert on its training tasks, or
+    # a JSONL of chat records {"messages", "tools", <task columns>}.
+    expert: str = "builtin"
+    # K: one-turn samples per candidate when profiling.
+    samples_per_candidate: int = 8
+    # λ: a pivot's profiled mean reward must be below this (and its variance above min_variance).
+    max_mean: float = 0.6
+    min_variance: float = 0.0
+    # Re-profile every candidate with the current policy once the pivots' mean training reward over
+    # the last `reprofile_window` steps reaches this; null = keep the first profile.
+    reprofile_at: Union[float, None] = 0.8
+    reprofile_window: int = 5
+    # The functional verifier (a reward over candidate rows); null = the environment's.
+    reward: Union[str, None] = None
+    # Where profiles are saved and looked up; null = <run dir>/profiles.
+    profile_dir: Union[str, None] = None
+
+
+@dataclasses.dataclass
+class PivotRLConfig(RLConfig):
+    algorithm: AlgorithmConfig = dataclasses.field(default_factory=lambda: AlgorithmConfig(name="pivotrl"))
+    pivot: PivotConfig = dataclasses.field(default_factory=PivotConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        require(bool(self.env.name), "pivotrl needs an environment (env.name): its expert, its verifier and "
+                                     "its episodes for evaluation")
+        p = self.pivot
+        require(p.samples_per_candidate >= 2, f"pivot.samples_per_candidate must be >= 2, got {p.samples_per_candidate}")
+        require(0 < p.max_mean <= 1, f"pivot.max_mean must lie in (0, 1], got {p.max_mean}")
+        require(p.min_variance >= 0, f"pivot.min_variance must be >= 0, got {p.min_variance}")
+        require(p.reprofile_at is None or 0 < p.reprofile_at <= 1,
+                f"pivot.reprofile_at must lie in (0, 1] or be null, got {p.reprofile_at}")
+        require(p.reprofile_window >= 1, f"pivot.reprofile_window must be >= 1, got {p.reprofile_window}")
+        require(not self.needs_critic(), "pivotrl trains with a group baseline; a critic algorithm (ppo) does not apply")
+
+
+def train(cfg: PivotRLConfig) -> dict:
+    """Run PivotRL as configured; returns the summary also written to `summary.json`."""
+    algo = cfg.algorithm.resolve()
+    run = start_run(cfg, {"resolved_algorithm": algo.as_dict()})
+    spec = environment_spec(cfg.env)
+    verifier_name = cfg.pivot.reward or spec.action_reward
+    warn = warn_to(run)
+    with run, RewardRunner({verifier_name: resolve_reward(verifier_name)}, on_error=cfg.reward.on_error,
+                           timeout_s=cfg.reward.timeout_s, warn=warn) as verifier, \
+            rl_eval_reward_runner(cfg, warn=warn) as task_success:
+        set_seed(cfg.run.seed)
+        run.print(f"algorithm {cfg.algorithm.name}: {algo.as_dict()}; verifier {verifier_name}")
+        model, tokenizer = load_model_and_tokenizer(cfg.model)
+        train_mode(model, dropout=False)
+        reference = reference_model(model) if algo.kl_coef > 0 else None
+        engine = build_engine(cfg.rollout.engine, model, tokenizer)
+        train_tasks, eval_tasks = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
+                                                   eval_rewards=task_success, source_rows=spec.rows)
+        candidates = extract_candidates(expert_rows(cfg, spec, train_tasks.rows), source=cfg.pivot.expert)
+        require(bool(candidates), f"pivot.expert {cfg.pivot.expert!r} gave no assistant turns to train on")
+        encoder = TemplateEncoder(tokenizer)
+        rows = [candidate_row(c, cfg.env.parser) for c in candidates]
+        states = PromptSet(rows, [encoder.prompt_ids(c.state, c.tools) for c in candidates])
+        run.print(f"pivotrl: {len(candidates)} candidates from {len(train_tasks)} expert trajectories")
+
+        optimizer = build_optimizer(model, cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * cfg.updates_per_batch)
+        ledger = ComputeLedger()
+        n_params = matmul_params(model)
+        generate_and_score = single_turn_round(engine, verifier, ledger, n_params)
+        limits = episode_limits(cfg, getattr(model.config, "max_position_embeddings", None))
+        profile_dir = Path(cfg.pivot.profile_dir) if cfg.pivot.profile_dir else run.dir / "profiles"
+        # Which profile is in use, its pivots, what profiling cost, the recent pivot rewards: all
+        # restored on resume, so a resumed run trains on the pivots it had (no re-profiling).
+        state = {"profile": 0, "pivot_ids": None, "profiles_used": 0, "profile_turns": 0, "recent": []}
+
+        def profile(index: int) -> tuple[PromptSet, dict]:
+            """Profile every candidate with the current policy (or reuse a saved profile); the pivots."""
+            meta = {"candidates": candidates_fingerprint(candidates), "policy": weights_fingerprint(model),
+                    "k": cfg.pivot.samples_per_candidate, "seed": cfg.run.seed + index,
+                    "temperature": cfg.rollout.temperature, "verifier": verifier_name}
+            path = profile_dir / f"profile-{index}.jsonl"
+            profiles = load_profiles(path, meta)
+            reused = profiles is not None
+            if profiles is None:
+                with ledger.timed("profile"):
+                    profiles = profile_candidates(candidates, sampler(meta["seed"]), score, cfg.pivot.samples_per_candidate)
+                save_profiles(path, profiles, meta)
+                state["profile_turns"] += len(candidates) * cfg.pivot.samples_per_candidate
+            pivots = select_pivots(profiles, max_mean=cfg.pivot.max_mean, min_variance=cfg.pivot.min_variance)
+            state["pivot_ids"] = pivots
+            state["profiles_used"] += 1
+            metrics = {**profile_metrics(profiles, pivots), "pivots/profile_index": float(index),
+                       "pivots/profile_reused": float(reused)}
+            run.print(f"pivotrl: profile {index} ({'reused' if reused else 'measured'}): {len(pivots)} pivots of "
+                      f"{len(candidates)} candidates, candidate mean reward {metrics['pivots/candidate_mean_reward']:.3f}")
+            return pivot_set(pivots), metrics
+
+        def pivot_set(ids: list[str]) -> PromptSet:
+            chosen = set(ids)
+            keep = [i for i, c in enumerate(candidates) if c.id in chosen]
+            return PromptSet([states.rows[i] for i in keep], [states.prompt_ids[i] for i in keep])
+
+        def sampler(seed: int):
+            def sample(cands: list[Candidate], k: int) -> list[list[str]]:
+                index = {c.id: i for i, c in enumerate(candidates)}
+                ids = [states.prompt_ids[index[c.id]] for c in cands]
+                sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                          top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=k, seed=seed)
+                groups = engine.generate(ids, sampling)
+                ledger.record("profile", tokens=sum(map(len, ids)) + sum(len(c.token_ids) for g in groups for c in g),
+                              params=n_params)
+                return [[c.text for c in group] for group in groups]
+            return sample
+
+        def score(cands: list[Candidate], texts: list[list[str]]) -> list[list[float | None]]:
+            flat_rows = [candidate_row(c, cfg.env.parser) for c, group in zip(cands, texts) for _ in group]
+            report = verifier([r["prompt"] for r in flat_rows], [t for group in texts for t in group], flat_rows)
+            k = len(texts[0]) if texts else 0
+            return [report.total[i * k:(i + 1) * k] for i in range(len(cands))]
+
+        def evaluate() -> dict:
+            return evaluate_prompts(engine, eval_tasks, task_success, cfg, ledger, n_params,
+                                    episodes=(spec.make, tokenizer, limits))
+
+        pivots, profile_logged = None, {}
+
+        def pivot_step(step: int) -> dict:
+            nonlocal pivots, profile_logged
+            if pivots is None and state["pivot_ids"] is not None:  # resumed: the pivots it had
+                pivots = pivot_set(state["pivot_ids"])
+            if pivots is None:
+                pivots, profile_logged = profile(state["profile"])
+            metrics = dict(profile_logged)
+            profile_logged = {}
+            if not len(pivots):  # nothing informative left: the policy solves or fails every candidate
+                metrics.update({"train/update_skipped": 1.0, "pivots/rollout_turns": 0.0})
+                return metrics
+            batch, rollout_metrics = collect_rollouts(generate_and_score, pivots, cfg, algo, step,
+                                                      tokenizer.pad_token_id)
+            metrics.update(rollout_metrics)
+            if batch.size:
+                metrics.update(train_on_batch(model, reference, engine, optimizer, scheduler, batch, cfg, algo, run,
+                                              step, ledger, n_params))
+                engine.load_weights(model)
+            metrics["train/update_skipped"] = float(batch.size == 0)
+            # Rollout turns: one per sampled turn (training), plus every profiling sample so far.
+            metrics["pivots/rollout_turns"] = float(rollout_metrics["groups/sampled"] * cfg.rollout.samples_per_prompt)
+            metrics["pivots/profile_turns_total"] = float(state["profile_turns"])
+            recent = state["recent"] = (state["recent"] + [rollout_metrics["reward/mean"]])[-cfg.pivot.reprofile_window:]
+            saturated = (cfg.pivot.reprofile_at is not None and len(recent) == cfg.pivot.reprofile_window
+                         and sum(recent) / len(recent) >= cfg.pivot.reprofile_at)
+            if saturated:
+                state["profile"] += 1
+                state["recent"], state["pivot_ids"] = [], None
+                pivots = None  # the next step re-profiles with the weights it starts from
+            return metrics
+
+        loop = TrainingLoop(run, cfg.run, cfg.steps, model=model, optimizer=optimizer, scheduler=scheduler,
+                            ledger=ledger, tokenizer=tokenizer, evaluate=evaluate,
+                            extra_state=lambda: {"pivot": dict(state)})
+        loop.resume(on_state=lambda saved: state.update(saved.get("pivot", {})))
+        engine.load_weights(model)
+        loop.train(pivot_step, description="pivotrl", postfix=lambda m: {"reward": f"{m.get('reward/mean', 0):.3f}"})
+        engine.close()
+        return loop.finish(
+            {"recipe": "pivotrl", "algorithm": cfg.algorithm.name, "rl_steps": cfg.steps,
+             "candidates": len(candidates), "profiles": state["profiles_used"],
+             "profile_rollout_turns": state["profile_turns"]},
+            model=model, reward_runners=(verifier, task_success), plot_name="pivotrl_curves.png",
+            title=f"PivotRL: {cfg.run.name}",
+            plot_keys=["reward/mean", "pivots/kept", "eval/accuracy_greedy", "eval/accuracy_sampled",
+                       "entropy/mean", "response/length_mean"])
+
+
+def expert_rows(cfg: PivotRLConfig, spec, task_rows: list[dict]) -> list[dict]:
+    """The expert trajectories: the environment's scripted expert on the training tasks, or a file."""
+    if cfg.pivot.expert == "builtin":
+        require(spec.expert_rows is not None,
+                f"environment {cfg.env.name!r} has no scripted expert; set pivot.expert to a JSONL of chat records")
+        return spec.expert_rows(task_rows)
+    return [record.data for record in read_records(cfg.pivot.expert)]  # a bad line raises DataError naming it
+
+
+def weights_fingerprint(model) -> str:
+    """A short hash of the weights (a sample of every tensor): a profile belongs to one policy."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().float().flatten()
+        digest.update(name.encode())
+        digest.update(json.dumps([round(float(x), 6) for x in flat[:: max(1, flat.numel() // 16)][:16]]).encode())
+    return digest.hexdigest()[:16]
