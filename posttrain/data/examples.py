@@ -42,6 +42,8 @@ class SFTExample:
     completion: Text
     source: str = "<memory>"
     row: int = 0
+    # Tool schemas the conversation had (a row's "tools" column), rendered by the chat template.
+    tools: list[dict] | None = None
 
     @property
     def conversational(self) -> bool:
@@ -104,6 +106,15 @@ def _get(record: Record, name: str) -> Any:
     if value is None:
         raise DataError(record.source, record.row, name, "missing")
     return value
+
+
+def _check_tools(record: Record, value: Any) -> list[dict] | None:
+    """A row's tool schemas: None, or a list of JSON-schema objects (as `get_json_schema` writes)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise DataError(record.source, record.row, "tools", f"expected a list of tool schemas (objects), got {value!r:.80}")
+    return [dict(t) for t in value]
 
 
 def _check_messages(record: Record, name: str, value: Any, *, need_assistant: bool) -> list[Message]:
@@ -187,7 +198,8 @@ def parse_sft(record: Record, *, messages_field: str = "messages", prompt_field:
             # Nothing to condition on, and many chat templates cannot render an empty history.
             raise DataError(record.source, record.row, f"{messages_field}[0].role",
                             "conversation starts with an assistant turn; add the turn it answers")
-        return SFTExample(messages[:first], messages[first:], record.source, record.row)
+        return SFTExample(messages[:first], messages[first:], record.source, record.row,
+                          tools=_check_tools(record, record.data.get("tools")))
     if prompt_field not in record.data and completion_field not in record.data:
         columns = ", ".join(sorted(record.data)) or "none"
         raise DataError(record.source, record.row, messages_field,

@@ -94,7 +94,7 @@ def tokenize_sft(example: SFTExample, tokenizer: Any, max_length: int) -> Tokeni
     if example.conversational:
         prompt = _as_messages(example.prompt, "user")
         messages = prompt + _as_messages(example.completion, "assistant")
-        ids, mask = _tokenize_conversation(messages, len(prompt), tokenizer, example)
+        ids, mask = _tokenize_conversation(messages, len(prompt), tokenizer, example, tools=example.tools)
     else:
         ids, mask = _tokenize_plain(example.prompt, example.completion, tokenizer)
     _check_length(ids, max_length, example, None, mask)
@@ -141,19 +141,19 @@ def _tokenize_plain(prompt: str, completion: str, tokenizer: Any) -> tuple[list[
 
 
 def _tokenize_conversation(messages: list[Message], train_from: int, tokenizer: Any,
-                           example: Any) -> tuple[list[int], list[int]]:
+                           example: Any, tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
     """Ids of the rendered conversation and a mask that is 1 on assistant turns with index >=
     `train_from` (see the module docstring for how the turns are located)."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("conversational loss masks need a fast tokenizer (for its offset mapping); "
                          "load it with use_fast=True")
-    full = render_chat(tokenizer, messages, add_generation_prompt=False)
+    full = render_chat(tokenizer, messages, add_generation_prompt=False, tools=tools)
     spans = []
     for i in range(max(train_from, 1), len(messages)):
         if messages[i]["role"] != "assistant":
             continue
-        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
-        through = render_chat(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        through = render_chat(tokenizer, messages[: i + 1], add_generation_prompt=False, tools=tools)
         if not (through.startswith(before) and full.startswith(through)):
             raise DataError(example.source, example.row, None,
                             f"the chat template does not render message {i}'s history as a prefix of the "

@@ -143,3 +143,37 @@ def test_missing_chat_template_is_explained():
     tok = make_tokenizer(chat_template=None)
     with pytest.raises(ValueError, match="no chat_template"):
         tokenize_prompt([HI], tok)
+
+
+def test_a_tool_use_conversation_trains_on_the_calls_and_final_answer_not_on_tool_results(tmp_path):
+    """The tiny model's template (Qwen-style tools): the system turn lists the tools, assistant
+    turns render their tool_calls; the mask covers each assistant turn through its <|im_end|>."""
+    from transformers import AutoTokenizer
+
+    from posttrain.data.examples import load_examples
+    from posttrain.models.tiny import build_tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "tiny"))
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "Find a code.",
+                                                "parameters": {"type": "object", "properties": {
+                                                    "name": {"type": "string"}}, "required": ["name"]}}}]
+    row = {"tools": tools, "messages": [
+        {"role": "user", "content": "code of ada?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "lookup", "arguments": {"name": "ada"}}}]},
+        {"role": "tool", "name": "lookup", "content": "107"},
+        {"role": "assistant", "content": "107"}]}
+    path = tmp_path / "sft.jsonl"
+    path.write_text(__import__("json").dumps(row) + "\n")
+    (example,) = load_examples(str(path), "sft").examples
+    assert example.tools == tools
+    tokenized = tokenize_sft(example, tokenizer, max_length=1024)
+    ids, mask = tokenized.input_ids, tokenized.loss_mask
+    text = tokenizer.decode(ids)
+    assert '"name": "lookup"' in text.split("<|im_end|>")[0]  # the schemas are in the system turn
+    trained = tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert trained == ('<tool_call>\n{"name": "lookup", "arguments": {"name": "ada"}}\n</tool_call><|im_end|>'
+                       "107<|im_end|>")
+    with pytest.raises(DataError, match="tools"):
+        path.write_text(__import__("json").dumps({**row, "tools": "lookup"}) + "\n")
+        load_examples(str(path), "sft")
