@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="posttrain",
         description="Post-train language models: SFT, preference alignment, RL with verifiable rewards.",
         epilog="Recipe commands take an optional config.yaml and dotted overrides, "
-               "e.g. `posttrain sft examples/sft.yaml optim.lr=3e-4 run.name=try2`.",
+               "e.g. `posttrain sft examples/sft_arithmetic.yaml optim.lr=3e-4 run.name=try2`.",
     )
     parser.add_argument("--version", action="version", version=f"posttrain {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")

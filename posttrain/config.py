@@ -1,6 +1,6 @@
 """Typed configs: dataclasses filled from YAML plus dotted command-line overrides.
 
-    posttrain sft examples/sft.yaml optim.lr=3e-4 run.name=try2 model.lora.r=16
+    posttrain sft examples/sft_arithmetic.yaml optim.lr=3e-4 run.name=try2 model.lora.r=16
 
 Everything is checked at start-up, before any model loads: an unknown key, a value of the
 wrong type or batch sizes that don't divide fail with a message naming the key (and the file).

@@ -56,6 +56,7 @@ def test_data_errors_exit_1_and_name_file_row_and_field(tmp_path, capsys):
     assert "bad.jsonl, line 2" in err and "'completion'" in err
 
 
+@pytest.mark.integration  # trains two steps
 def test_resolved_config_is_printed_and_saved(tmp_path, capsys):
     code = main(["sft", f"run.output_dir={tmp_path}", "run.name=tiny", "steps=2", "sequences_per_step=4",
                  "micro_batch_size=2", "data.arithmetic.num_train=16", "data.arithmetic.num_eval=4",

@@ -14,6 +14,7 @@ import os
 import uuid
 from pathlib import Path
 
+import pytest
 import torch
 
 from posttrain.config import load_config
@@ -23,6 +24,8 @@ from posttrain.recipes import rl
 from posttrain.recipes.rl.config import RLConfig
 from posttrain.verifiers.code import code_reward
 from posttrain.verifiers.sandbox import SandboxLimits
+
+pytestmark = pytest.mark.integration  # trains the tiny model
 
 CORRECT = "```python\ndef add(a, b):\n    return a + b\n```"
 
