@@ -30,8 +30,15 @@ class PromptSet:
         return len(self.rows)
 
 
-def _rows(loaded: LoadedExamples) -> list[dict]:
-    return [{"prompt": ex.prompt, **ex.extras} for ex in loaded.examples]
+def _rows(loaded: LoadedExamples, cfg: DataConfig) -> list[dict]:
+    """Prompt rows; a dataset's answer column (`data.answer_field`) is renamed `answer`, which
+    the rewards read, before the reward columns are checked."""
+    rows = [{"prompt": ex.prompt, **ex.extras} for ex in loaded.examples]
+    if cfg.answer_field != "answer":
+        for row in rows:
+            if cfg.answer_field in row:
+                row["answer"] = row.pop(cfg.answer_field)
+    return rows
 
 
 def _checked(rows: list[dict], rewards: Rewards | None, source: str, cfg: DataConfig,
@@ -92,12 +99,12 @@ def load_prompt_sets(cfg: DataConfig, tokenizer, *, seed: int, console=None, rew
                                prompt_field=cfg.prompt_field)
         if loaded.summary() and console is not None:
             console.print(f"[yellow]data: {loaded.summary()}[/yellow]")
-        train_rows = _rows(loaded)
+        train_rows = _rows(loaded, cfg)
         line_numbers = [ex.row for ex in loaded.examples]
         if cfg.eval:
             train_rows = _checked(train_rows, rewards, cfg.train, cfg, line_numbers, console)
             held = load_examples(cfg.eval, "prompt", on_bad_row=cfg.on_bad_row, prompt_field=cfg.prompt_field)
-            eval_rows = _checked(_rows(held), eval_rewards, cfg.eval, cfg, [ex.row for ex in held.examples], console)
+            eval_rows = _checked(_rows(held, cfg), eval_rewards, cfg.eval, cfg, [ex.row for ex in held.examples], console)
         else:
             # Both splits come from this file: check it against every reward before splitting.
             both = rewards if eval_rewards is rewards else _both(rewards, eval_rewards)
@@ -106,6 +113,7 @@ def load_prompt_sets(cfg: DataConfig, tokenizer, *, seed: int, console=None, rew
         if cfg.prompt_field != "prompt":
             for row in train_rows + eval_rows:
                 row["prompt"] = row.pop(cfg.prompt_field, row.get("prompt"))
+
     sets = []
     for rows in (train_rows, eval_rows):
         kept, ids = [], []

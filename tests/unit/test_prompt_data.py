@@ -45,3 +45,22 @@ def test_unknown_reasoning_gym_task_and_bad_options_are_named():
 def test_options_must_be_a_mapping():
     with pytest.raises(ConfigError, match="reasoning_gym.options"):
         load_config(DataConfig, None, ["reasoning_gym.options=3"])
+
+
+def test_a_dataset_answer_column_is_read_under_its_own_name(tmp_path):
+    import json as _json
+
+    from transformers import AutoTokenizer
+
+    from posttrain.config import DataConfig
+    from posttrain.models.tiny import build_tiny_model
+    from posttrain.recipes.prompt_data import load_prompt_sets
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "tiny"))
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(_json.dumps({"prompt": f"{i}+1=", "solution": str(i + 1)}) + "\n" for i in range(10)))
+    cfg = DataConfig(train=str(path), answer_field="solution", eval_fraction=0.2)
+    train, held = load_prompt_sets(cfg, tokenizer, seed=0, rewards=["arithmetic"])
+    assert len(train) == 8 and len(held) == 2
+    assert all(row["answer"] == str(int(row["prompt"].split("+")[0]) + 1) and "solution" not in row
+               for row in train.rows + held.rows)
