@@ -77,11 +77,16 @@ def rewards_by_step(run_dir):
     return [r for r in rows if "reward/mean" in r]
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "dapo"])
+# PPO samples each prompt once (its baseline is the critic, not the group): 64 prompts x 1 keeps the
+# 64 rollouts per step of the group methods' 8 x 8.
+PER_ALGORITHM = {"grpo": [], "dapo": [], "ppo": ["rollout.prompts_per_step=64", "rollout.samples_per_prompt=1"]}
+
+
+@pytest.mark.parametrize("algorithm", sorted(PER_ALGORITHM))
 def test_rl_raises_the_reward(tmp_path, warm_models, algorithm, learning):
     cfg = load_config(rl.RLConfig, None, rl_overrides(tmp_path, warm_models(learning.seed), algorithm) + [
         f"algorithm.name={algorithm}", "reward.functions=[test_rl_learns:odd_first_digit]", "steps=40",
-        "optim.lr=3e-4", f"run.seed={learning.seed}",
+        "optim.lr=3e-4", f"run.seed={learning.seed}", *PER_ALGORITHM[algorithm],
     ])
     summary = rl.train(cfg)
     rows = rewards_by_step(tmp_path / algorithm)
