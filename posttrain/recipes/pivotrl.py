@@ -32,23 +32,19 @@ from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.config import require
 from posttrain.data.readers import read_records
 from posttrain.engines.base import SamplingParams
-from posttrain.engines.factory import build_engine
 from posttrain.envs.registry import environment_spec
-from posttrain.models.build import load_model_and_tokenizer
-from posttrain.models.reference import reference_model
 from posttrain.pivot.candidates import Candidate, candidates_fingerprint, extract_candidates
-from posttrain.pivot.profile import (CandidateProfile, load_profiles, profile_candidates, profile_metrics,
+from posttrain.pivot.profile import (load_profiles, profile_candidates, profile_metrics,
                                      save_profiles, select_pivots)
 from posttrain.pivot.reward import candidate_row
 from posttrain.recipes.prompt_data import PromptSet, load_prompt_sets
 from posttrain.recipes.rl.config import AlgorithmConfig, RLConfig
 from posttrain.recipes.rl.evaluation import evaluate_prompts, rl_eval_reward_runner
-from posttrain.recipes.rl.grpo import train_on_batch
+from posttrain.recipes.rl.grpo import load_policy, train_on_batch
 from posttrain.recipes.rl.multi_turn import episode_limits
 from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
 from posttrain.rewards import resolve_reward
 from posttrain.training.loop import TrainingLoop, set_seed, start_run, warn_to
-from posttrain.training.modes import train_mode
 from posttrain.training.optim import build_optimizer, build_scheduler
 from posttrain.verifiers.combine import RewardRunner
 
@@ -106,10 +102,7 @@ def train(cfg: PivotRLConfig) -> dict:
             rl_eval_reward_runner(cfg, warn=warn) as task_success:
         set_seed(cfg.run.seed)
         run.print(f"algorithm {cfg.algorithm.name}: {algo.as_dict()}; verifier {verifier_name}")
-        model, tokenizer = load_model_and_tokenizer(cfg.model)
-        train_mode(model, dropout=False)
-        reference = reference_model(model) if algo.kl_coef > 0 else None
-        engine = build_engine(cfg.rollout.engine, model, tokenizer)
+        model, tokenizer, reference, engine = load_policy(cfg, algo)
         train_tasks, eval_tasks = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
                                                    eval_rewards=task_success, source_rows=spec.rows)
         candidates = extract_candidates(expert_rows(cfg, spec, train_tasks.rows), source=cfg.pivot.expert)

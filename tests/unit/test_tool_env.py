@@ -5,7 +5,6 @@ truncation, and the per-episode counters."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import pytest
 
@@ -14,19 +13,8 @@ from posttrain.agents.tools import ToolBox
 from posttrain.envs.base import Environment, run_episode, spans_are_contiguous
 
 
-def encode(history, new_messages):
-    """Toy template: one token per character of "<role>content", then "|" opening the next turn."""
-    ids = []
-    for m in new_messages:
-        ids += [ord(c) for c in f"<{m['role']}>{m['content']}"]
-    return ids + [124]
-
-
-@dataclass
-class Turn:
-    text: str
-    token_ids: list[int]
-    logprobs: list[float]
+# The toy template and turn of the environment-protocol tests.
+from test_envs_base import Turn, encode  # noqa: E402
 
 
 def scripted(*texts: str):

@@ -54,10 +54,7 @@ def train(cfg: RLConfig) -> dict:
     with run, reward_runners(cfg, run) as (rewards, score_eval):
         set_seed(cfg.run.seed)
         run.print(f"algorithm {cfg.algorithm.name}: {algo.as_dict()}")
-        model, tokenizer = load_model_and_tokenizer(cfg.model)
-        train_mode(model, dropout=False)
-        reference = reference_model(model) if algo.kl_coef > 0 else None
-        engine = build_engine(cfg.rollout.engine, model, tokenizer)
+        model, tokenizer, reference, engine = load_policy(cfg, algo)
         spec = environment_spec(cfg.env) if cfg.env.name else None  # multi-turn episodes
         train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
                                                        rewards=rewards, eval_rewards=score_eval,
@@ -98,6 +95,15 @@ def train(cfg: RLConfig) -> dict:
             model=model, reward_runners=(rewards, score_eval), plot_name="rl_curves.png", title=f"RL ({cfg.algorithm.name}): {cfg.run.name}",
             plot_keys=["reward/mean", "eval/accuracy_sampled", "eval/accuracy_greedy", "kl/mean", "entropy/mean",
                        "response/length_mean"])
+
+
+def load_policy(cfg: RLConfig, algo):
+    """The trained policy (train mode, dropout off), its tokenizer, the frozen reference when the
+    algorithm has a KL term, and the rollout engine: what every critic-free loop starts from."""
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    train_mode(model, dropout=False)
+    reference = reference_model(model) if algo.kl_coef > 0 else None
+    return model, tokenizer, reference, build_engine(cfg.rollout.engine, model, tokenizer)
 
 
 def old_logprobs(model, engine, batch: RolloutBatch, cfg: RLConfig) -> tuple[torch.Tensor | None, bool]:
