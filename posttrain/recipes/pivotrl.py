@@ -22,8 +22,6 @@ restores which profile (initial or a re-profile) was in use.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import Union
 
@@ -31,11 +29,9 @@ from posttrain.agents.episodes import TemplateEncoder
 from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.config import require
 from posttrain.data.readers import read_records
-from posttrain.engines.base import SamplingParams
 from posttrain.envs.registry import environment_spec
-from posttrain.pivot.candidates import Candidate, candidates_fingerprint, extract_candidates
-from posttrain.pivot.profile import (load_profiles, profile_candidates, profile_metrics,
-                                     save_profiles, select_pivots)
+from posttrain.pivot.candidates import extract_candidates
+from posttrain.pivot.profiler import CandidateProfiler, ProfileSettings
 from posttrain.pivot.reward import candidate_row
 from posttrain.recipes.prompt_data import PromptSet, load_prompt_sets
 from posttrain.recipes.rl.config import AlgorithmConfig, RLConfig
@@ -118,55 +114,31 @@ def train(cfg: PivotRLConfig) -> dict:
         n_params = matmul_params(model)
         generate_and_score = single_turn_round(engine, verifier, ledger, n_params)
         limits = episode_limits(cfg, getattr(model.config, "max_position_embeddings", None))
-        profile_dir = Path(cfg.pivot.profile_dir) if cfg.pivot.profile_dir else run.dir / "profiles"
+        profiler = CandidateProfiler(
+            candidates, states.prompt_ids, rows, engine, verifier, verifier_name,
+            ProfileSettings(cfg.pivot.samples_per_candidate, cfg.pivot.max_mean, cfg.pivot.min_variance,
+                            cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k),
+            Path(cfg.pivot.profile_dir) if cfg.pivot.profile_dir else run.dir / "profiles", ledger, n_params,
+            seed=cfg.run.seed)
         # Which profile is in use, its pivots, what profiling cost, the recent pivot rewards: all
         # restored on resume, so a resumed run trains on the pivots it had (no re-profiling).
         state = {"profile": 0, "pivot_ids": None, "profiles_used": 0, "profile_turns": 0, "recent": []}
 
-        def profile(index: int) -> tuple[PromptSet, dict]:
-            """Profile every candidate with the current policy (or reuse a saved profile); the pivots."""
-            meta = {"candidates": candidates_fingerprint(candidates), "policy": weights_fingerprint(model),
-                    "k": cfg.pivot.samples_per_candidate, "seed": cfg.run.seed + index,
-                    "temperature": cfg.rollout.temperature, "verifier": verifier_name}
-            path = profile_dir / f"profile-{index}.jsonl"
-            profiles = load_profiles(path, meta)
-            reused = profiles is not None
-            if profiles is None:
-                with ledger.timed("profile"):
-                    profiles = profile_candidates(candidates, sampler(meta["seed"]), score, cfg.pivot.samples_per_candidate)
-                save_profiles(path, profiles, meta)
-                state["profile_turns"] += len(candidates) * cfg.pivot.samples_per_candidate
-            pivots = select_pivots(profiles, max_mean=cfg.pivot.max_mean, min_variance=cfg.pivot.min_variance)
-            state["pivot_ids"] = pivots
-            state["profiles_used"] += 1
-            metrics = {**profile_metrics(profiles, pivots), "pivots/profile_index": float(index),
-                       "pivots/profile_reused": float(reused)}
-            run.print(f"pivotrl: profile {index} ({'reused' if reused else 'measured'}): {len(pivots)} pivots of "
-                      f"{len(candidates)} candidates, candidate mean reward {metrics['pivots/candidate_mean_reward']:.3f}")
-            return pivot_set(pivots), metrics
+        def profile() -> tuple[PromptSet, dict]:
+            """Profile every candidate with the current weights (or reuse a saved profile): the pivots."""
+            result = profiler.profile(state["profile"], model)
+            state.update(pivot_ids=result.pivot_ids, profiles_used=state["profiles_used"] + 1,
+                         profile_turns=state["profile_turns"] + result.sampled_turns)
+            m = result.metrics
+            run.print(f"pivotrl: profile {state['profile']} ({'reused' if m['pivots/profile_reused'] else 'measured'}): "
+                      f"{len(result.pivot_ids)} pivots of {len(candidates)} candidates, candidate mean reward "
+                      f"{m['pivots/candidate_mean_reward']:.3f}")
+            return pivot_set(result.pivot_ids), m
 
         def pivot_set(ids: list[str]) -> PromptSet:
             chosen = set(ids)
             keep = [i for i, c in enumerate(candidates) if c.id in chosen]
             return PromptSet([states.rows[i] for i in keep], [states.prompt_ids[i] for i in keep])
-
-        def sampler(seed: int):
-            def sample(cands: list[Candidate], k: int) -> list[list[str]]:
-                index = {c.id: i for i, c in enumerate(candidates)}
-                ids = [states.prompt_ids[index[c.id]] for c in cands]
-                sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                                          top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=k, seed=seed)
-                groups = engine.generate(ids, sampling)
-                ledger.record("profile", tokens=sum(map(len, ids)) + sum(len(c.token_ids) for g in groups for c in g),
-                              params=n_params)
-                return [[c.text for c in group] for group in groups]
-            return sample
-
-        def score(cands: list[Candidate], texts: list[list[str]]) -> list[list[float | None]]:
-            flat_rows = [candidate_row(c, cfg.env.parser) for c, group in zip(cands, texts) for _ in group]
-            report = verifier([r["prompt"] for r in flat_rows], [t for group in texts for t in group], flat_rows)
-            k = len(texts[0]) if texts else 0
-            return [report.total[i * k:(i + 1) * k] for i in range(len(cands))]
 
         def evaluate() -> dict:
             return evaluate_prompts(engine, eval_tasks, task_success, cfg, ledger, n_params,
@@ -179,7 +151,7 @@ def train(cfg: PivotRLConfig) -> dict:
             if pivots is None and state["pivot_ids"] is not None:  # resumed: the pivots it had
                 pivots = pivot_set(state["pivot_ids"])
             if pivots is None:
-                pivots, profile_logged = profile(state["profile"])
+                pivots, profile_logged = profile()
             metrics = dict(profile_logged)
             profile_logged = {}
             if not len(pivots):  # nothing informative left: the policy solves or fails every candidate
@@ -229,13 +201,3 @@ def expert_rows(cfg: PivotRLConfig, spec, task_rows: list[dict]) -> list[dict]:
                 f"environment {cfg.env.name!r} has no scripted expert; set pivot.expert to a JSONL of chat records")
         return spec.expert_rows(task_rows)
     return [record.data for record in read_records(cfg.pivot.expert)]  # a bad line raises DataError naming it
-
-
-def weights_fingerprint(model) -> str:
-    """A short hash of the weights (a sample of every tensor): a profile belongs to one policy."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().float().flatten()
-        digest.update(name.encode())
-        digest.update(json.dumps([round(float(x), 6) for x in flat[:: max(1, flat.numel() // 16)][:16]]).encode())
-    return digest.hexdigest()[:16]
