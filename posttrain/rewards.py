@@ -31,6 +31,7 @@ BUILTIN_REWARDS = {
     "code": "posttrain.verifiers.code:code_reward",
     "tag_format": "posttrain.verifiers.format:tag_format_reward",
     "reasoning_gym": "posttrain.envs.reasoning_gym:reasoning_gym_reward",
+    "spreadsheet": "posttrain.envs.spreadsheet.environment:spreadsheet_reward",
 }
 
 

@@ -75,7 +75,10 @@ def load_prompt_sets(cfg: DataConfig, tokenizer, *, seed: int, console=None, rew
     eval_rewards = rewards if eval_rewards is None else eval_rewards
     own = source_rows(cfg.train, "train", seed) if source_rows is not None else None
     if own is not None:
-        held = source_rows(cfg.eval or cfg.train, "test", seed)
+        if cfg.eval is None and not is_builtin_source(cfg.train):  # a task file: hold some of it out
+            own, held = hold_out(own, cfg.eval_fraction, seed, name="data.eval_fraction")
+        else:
+            held = source_rows(cfg.eval or cfg.train, "test", seed)
         if held is None:
             raise ValueError(f"data.eval {cfg.eval!r}: the environment cannot read it (data.train {cfg.train!r} "
                              "is the environment's, so the held-out tasks must be too)")

@@ -107,7 +107,8 @@ class EnvConfig:
     """Multi-turn episodes (agentic RL). With `name` null each prompt gets one completion."""
 
     # An environment name (`spreadsheet`) or an import path `package.module:factory`, where
-    # factory(env_config) returns a function row -> Environment (posttrain/envs/registry.py).
+    # factory(env_config) returns an EnvironmentSpec or a function row -> Environment
+    # (posttrain/envs/registry.py).
     name: Union[str, None] = None
     # Model turns per episode; `rollout.max_new_tokens` caps each turn.
     max_turns: int = 8
