@@ -70,9 +70,11 @@ class EnvironmentSpec:
 
     Attributes:
         make: row -> a fresh Environment (one per episode: environments hold episode state).
-        rows: (source, split, seed) -> prompt rows, for `data.train` / `data.eval` sources the
-            environment understands (its generated tasks, a user's task file); None: the usual
-            prompt-file loading applies.
+        rows: (source, split, seed) -> prompt rows of a `data.train` / `data.eval` source the
+            environment understands (its generated tasks, a user's task file), or None for one it
+            does not (then the usual prompt-file loading applies). split: "train", "test" (the
+            source's own held-out split; None when it has none, and a share of train is held
+            out) or "eval" (all of an explicit `data.eval` source).
         expert_rows: task rows -> expert trajectories as chat records
             (``{"messages", "tools", <task columns>}``): SFT data and PivotRL's candidates.
         action_reward: import path of PivotRL's functional verifier for this environment's tools

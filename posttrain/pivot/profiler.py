@@ -39,6 +39,7 @@ class ProfileResult:
     pivot_ids: list[str]
     metrics: dict
     sampled_turns: int  # 0 when a saved profile was reused
+    generated_tokens: int = 0
 
 
 class CandidateProfiler:
@@ -63,6 +64,7 @@ class CandidateProfiler:
         path = self.profile_dir / f"profile-{index}.jsonl"
         profiles = load_profiles(path, meta)
         reused = profiles is not None
+        self._generated = 0
         if profiles is None:
             with self.ledger.timed("profile"):
                 profiles = profile_candidates(self.candidates, self._sampler(meta["seed"]), self._score,
@@ -71,7 +73,8 @@ class CandidateProfiler:
         pivots = select_pivots(profiles, max_mean=s.max_mean, min_variance=s.min_variance)
         metrics = {**profile_metrics(profiles, pivots), "pivots/profile_index": float(index),
                    "pivots/profile_reused": float(reused)}
-        return ProfileResult(pivots, metrics, 0 if reused else len(self.candidates) * s.samples_per_candidate)
+        return ProfileResult(pivots, metrics, 0 if reused else len(self.candidates) * s.samples_per_candidate,
+                             self._generated)
 
     def _sampler(self, seed: int):
         s = self.settings
@@ -81,6 +84,7 @@ class CandidateProfiler:
             sampling = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                                       top_k=s.top_k, n=k, seed=seed)
             groups = self.engine.generate(ids, sampling)
+            self._generated += sum(len(c.token_ids) for g in groups for c in g)
             # Each state is prefilled once for its K samples, then every sampled token decoded.
             self.ledger.record("profile", tokens=sum(map(len, ids)) + sum(len(c.token_ids) for g in groups for c in g),
                                params=self.n_params)

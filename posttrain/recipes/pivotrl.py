@@ -122,13 +122,15 @@ def train(cfg: PivotRLConfig) -> dict:
             seed=cfg.run.seed)
         # Which profile is in use, its pivots, what profiling cost, the recent pivot rewards: all
         # restored on resume, so a resumed run trains on the pivots it had (no re-profiling).
-        state = {"profile": 0, "pivot_ids": None, "profiles_used": 0, "profile_turns": 0, "recent": []}
+        state = {"profile": 0, "pivot_ids": None, "profiles_used": 0, "profile_turns": 0, "profile_tokens": 0,
+                 "recent": []}
 
         def profile() -> tuple[PromptSet, dict]:
             """Profile every candidate with the current weights (or reuse a saved profile): the pivots."""
             result = profiler.profile(state["profile"], model)
             state.update(pivot_ids=result.pivot_ids, profiles_used=state["profiles_used"] + 1,
-                         profile_turns=state["profile_turns"] + result.sampled_turns)
+                         profile_turns=state["profile_turns"] + result.sampled_turns,
+                         profile_tokens=state["profile_tokens"] + result.generated_tokens)
             m = result.metrics
             run.print(f"pivotrl: profile {state['profile']} ({'reused' if m['pivots/profile_reused'] else 'measured'}): "
                       f"{len(result.pivot_ids)} pivots of {len(candidates)} candidates, candidate mean reward "
@@ -155,7 +157,7 @@ def train(cfg: PivotRLConfig) -> dict:
             metrics = dict(profile_logged)
             profile_logged = {}
             if not len(pivots):  # nothing informative left: the policy solves or fails every candidate
-                metrics.update({"train/update_skipped": 1.0, "pivots/rollout_turns": 0.0})
+                metrics.update({"train/update_skipped": 1.0, "pivots/rollout_turns": 0.0, "pivots/generated_tokens": 0.0})
                 return metrics
             batch, rollout_metrics = collect_rollouts(generate_and_score, pivots, cfg, algo, step,
                                                       tokenizer.pad_token_id)
@@ -166,7 +168,9 @@ def train(cfg: PivotRLConfig) -> dict:
                 engine.load_weights(model)
             metrics["train/update_skipped"] = float(batch.size == 0)
             # Rollout turns: one per sampled turn (training), plus every profiling sample so far.
-            metrics["pivots/rollout_turns"] = float(rollout_metrics["groups/sampled"] * cfg.rollout.samples_per_prompt)
+            sampled = rollout_metrics["groups/sampled"] * cfg.rollout.samples_per_prompt
+            metrics["pivots/rollout_turns"] = float(sampled)
+            metrics["pivots/generated_tokens"] = float(sampled * rollout_metrics["response/length_mean"])
             metrics["pivots/profile_turns_total"] = float(state["profile_turns"])
             recent = state["recent"] = (state["recent"] + [rollout_metrics["reward/mean"]])[-cfg.pivot.reprofile_window:]
             saturated = (cfg.pivot.reprofile_at is not None and len(recent) == cfg.pivot.reprofile_window
@@ -187,7 +191,7 @@ def train(cfg: PivotRLConfig) -> dict:
         return loop.finish(
             {"recipe": "pivotrl", "algorithm": cfg.algorithm.name, "rl_steps": cfg.steps,
              "candidates": len(candidates), "profiles": state["profiles_used"],
-             "profile_rollout_turns": state["profile_turns"]},
+             "profile_rollout_turns": state["profile_turns"], "profile_generated_tokens": state["profile_tokens"]},
             model=model, reward_runners=(verifier, task_success), plot_name="pivotrl_curves.png",
             title=f"PivotRL: {cfg.run.name}",
             plot_keys=["reward/mean", "pivots/kept", "eval/accuracy_greedy", "eval/accuracy_sampled",

@@ -69,19 +69,19 @@ def load_prompt_sets(cfg: DataConfig, tokenizer, *, seed: int, console=None, rew
     column that no row has always raises.
 
     `source_rows(source, split, seed)`: an environment's own loader (`EnvironmentSpec.rows`); when
-    it returns rows for `data.train` (its generated tasks, a task file it reads), those are used,
-    and `data.eval` (or the same source's "test" split) for the held-out ones.
+    it returns rows for `data.train` (its generated tasks, a task file it reads), those are used.
+    The held-out rows are all of `data.eval` (split "eval"), else the source's own "test" split,
+    else (a source without one returns None) a seeded `data.eval_fraction` of the training rows.
     """
     eval_rewards = rewards if eval_rewards is None else eval_rewards
     own = source_rows(cfg.train, "train", seed) if source_rows is not None else None
     if own is not None:
-        if cfg.eval is None and not is_builtin_source(cfg.train):  # a task file: hold some of it out
-            own, held = hold_out(own, cfg.eval_fraction, seed, name="data.eval_fraction")
-        else:
-            held = source_rows(cfg.eval or cfg.train, "test", seed)
-        if held is None:
+        held = source_rows(cfg.eval, "eval", seed) if cfg.eval else source_rows(cfg.train, "test", seed)
+        if held is None and cfg.eval:
             raise ValueError(f"data.eval {cfg.eval!r}: the environment cannot read it (data.train {cfg.train!r} "
                              "is the environment's, so the held-out tasks must be too)")
+        if held is None:  # a source without its own test split (a task file): hold some of it out
+            own, held = hold_out(own, cfg.eval_fraction, seed, name="data.eval_fraction")
         train_rows = _checked(own, rewards, cfg.train, cfg, console=console)
         eval_rows = _checked(held, eval_rewards, cfg.eval or cfg.train + "/test", cfg, console=console)
     elif cfg.train == BUILTIN_ARITHMETIC:

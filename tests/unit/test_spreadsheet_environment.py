@@ -137,3 +137,24 @@ def test_options_are_checked():
         SpreadsheetOptions.from_dict({"tools": ["query", "delete"]})
     assert SpreadsheetOptions.from_dict({"tools": ["query"]}).tools == ("query",)
     assert task_rows("elsewhere", "train", 0, SpreadsheetOptions()) is None
+
+
+def test_a_task_file_without_an_eval_file_holds_out_a_share_and_an_eval_file_is_read_whole(tmp_path, spec):
+    from transformers import AutoTokenizer
+
+    from posttrain.config import DataConfig
+    from posttrain.models.tiny import build_tiny_model
+    from posttrain.recipes.prompt_data import load_prompt_sets
+
+    (tmp_path / "s.csv").write_text("Region,Revenue\nNorth,10\nSouth,32\n")
+    for name, n in (("train.jsonl", 20), ("eval.jsonl", 3)):
+        (tmp_path / name).write_text("".join(json.dumps({"file": "s.csv", "question": f"q{i}?", "answer": i}) + "\n"
+                                             for i in range(n)))
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "tiny"))
+    train, held = load_prompt_sets(DataConfig(train=str(tmp_path / "train.jsonl"), eval_fraction=0.25,
+                                              max_length=512), tokenizer, seed=0, source_rows=spec.rows)
+    assert (len(train), len(held)) == (15, 5)
+    assert not {r["question"] for r in train.rows} & {r["question"] for r in held.rows}
+    train, held = load_prompt_sets(DataConfig(train=str(tmp_path / "train.jsonl"), eval=str(tmp_path / "eval.jsonl"),
+                                              max_length=512), tokenizer, seed=0, source_rows=spec.rows)
+    assert (len(train), len(held)) == (20, 3)

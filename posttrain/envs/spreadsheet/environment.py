@@ -48,7 +48,7 @@ class SpreadsheetOptions:
     num_eval: int = 50
     difficulty: str = "easy"
     questions_per_workbook: int = 4
-    # Where generated tasks are written (null: the posttrain cache, keyed by the settings).
+    # Where generated tasks are written, in train/ and test/ (null: the posttrain cache, keyed by the settings).
     task_dir: str | None = None
     # The tools the model gets (a subset of TOOL_NAMES; `answer` is always there).
     tools: tuple[str, ...] = TOOL_NAMES
@@ -108,20 +108,21 @@ def make_environment(row: Mapping[str, Any], options: SpreadsheetOptions, *, par
 
 def task_rows(source: str, split: str, seed: int, options: SpreadsheetOptions) -> list[dict] | None:
     """Prompt rows for `source`: generated tasks (`builtin:spreadsheet`, train and test from
-    different workbooks) or a task JSONL (all its rows, for either split: the caller holds some
-    out); None for any other source."""
+    different workbooks) or a task JSONL (all its rows; it has no "test" split of its own, so the
+    caller holds some of its training rows out); None for any other source."""
     if source == BUILTIN_SOURCE:
+        split = "train" if split == "train" else "test"
         n = options.num_train if split == "train" else options.num_eval
         # Different seeds per split: the held-out questions are about workbooks never trained on.
         split_seed = seed * 2 + (0 if split == "train" else 1)
-        out = Path(options.task_dir) if options.task_dir else _cache_dir(options, split, split_seed, n)
+        out = Path(options.task_dir) / split if options.task_dir else _cache_dir(options, split, split_seed, n)
         path = out / "tasks.jsonl"
         if not path.is_file():
             generate_tasks(out, n, split_seed, WorkbookSpec.for_difficulty(options.difficulty),
                            questions_per_workbook=options.questions_per_workbook)
         return [task_row(t) for t in load_tasks(path)]
     if isinstance(source, str) and source.endswith(".jsonl") and Path(source).is_file():
-        return [task_row(t) for t in load_tasks(source)]
+        return None if split == "test" else [task_row(t) for t in load_tasks(source)]
     return None
 
 

@@ -1,0 +1,239 @@
+"""PivotRL's comparison on one machine: SFT, SFT → end-to-end RL, SFT → PivotRL, and a larger model
+with SFT only, on the spreadsheet environment (after Yi et al. 2026, arXiv 2603.21383, Table 1).
+
+    python examples/agentic/compare.py                    # the reference scale (docs/results/agentic/)
+    python examples/agentic/compare.py --scale smoke      # a minute: every stage, tiny numbers
+    python examples/agentic/compare.py --out runs/agentic --skip-sft   # reuse the SFT models
+
+From the same generated tasks and the same scripted-expert trajectories:
+    1. tasks (train / held-out workbooks) and the expert's conversations; SFT data = those plus
+       arithmetic problems, so out-of-domain accuracy (arithmetic) has something to keep
+    2. two models built here with a tokenizer that also learned the task's text: the small one
+       (`agent` preset) and a larger one (`small` preset, ~12× the parameters)
+    3. SFT of both                                   → rows "SFT" and "SFT (larger model)"
+    4. small SFT → `posttrain rl` on whole episodes  → row "SFT → RL"
+    5. small SFT → `posttrain pivotrl`               → row "SFT → PivotRL"
+    6. every final model: held-out task success (greedy episodes) and arithmetic accuracy
+Outputs under --out: comparison.json (one record per method: method, success, ood_accuracy,
+rollout_turns, generated_tokens, flops, seconds), comparison.md (the table), comparison.png.
+Rollout turns count every sampled model turn of the method's RL: episodes' turns for RL, one
+per sampled turn for PivotRL, profiling included. FLOPs are the compute ledger's, evaluation
+excluded; seconds are the method's own wall-clock (its SFT excluded for the RL rows, which
+share it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+SCALES = {
+    # name: tasks, steps and batch sizes
+    "smoke": dict(num_train=8, num_eval=4, arithmetic_train=40, arithmetic_eval=8, sft_steps=4, large_sft_steps=2,
+                  rl_steps=2, pivot_steps=2, prompts=2, samples=2, k=2, max_new_tokens=48, max_turns=5),
+    "reference": dict(num_train=200, num_eval=50, arithmetic_train=400, arithmetic_eval=50, sft_steps=400,
+                      large_sft_steps=400, rl_steps=30, pivot_steps=30, prompts=8, samples=8, k=8,
+                      max_new_tokens=64, max_turns=6),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="reference")
+    parser.add_argument("--out", default="runs/agentic")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-sft", action="store_true", help="reuse the SFT models already under --out")
+    args = parser.parse_args(argv)
+    scale = SCALES[args.scale]
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("POSTTRAIN_CACHE", str(out / "cache"))
+
+    env = {"num_train": scale["num_train"], "num_eval": scale["num_eval"], "task_dir": str(out / "tasks")}
+    sft_file, corpus = write_sft_data(out, env, scale, args.seed)
+    small, large = build_models(out, corpus, args.seed)
+
+    records = []
+    sft_small = sft(out, "sft", small, sft_file, scale["sft_steps"], args.seed, args.skip_sft)
+    sft_large = sft(out, "sft-large", large, sft_file, scale["large_sft_steps"], args.seed, args.skip_sft)
+    common = rl_overrides(out, env, scale, args.seed)
+
+    from posttrain.config import load_config
+    from posttrain.recipes import pivotrl, rl
+
+    start = time.perf_counter()
+    rl.train(load_config(rl.RLConfig, None, common + [
+        f"model.name_or_path={sft_small['model_dir']}", "run.name=rl", "algorithm.name=grpo", "algorithm.kl_coef=0",
+        f"steps={scale['rl_steps']}"]))
+    rl_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    pivotrl.train(load_config(pivotrl.PivotRLConfig, None, common + [
+        f"model.name_or_path={sft_small['model_dir']}", "run.name=pivotrl", f"steps={scale['pivot_steps']}",
+        f"pivot.samples_per_candidate={scale['k']}"]))
+    pivot_seconds = time.perf_counter() - start
+
+    for method, run, seconds in (("SFT", "sft", sft_small["seconds"]), ("SFT → RL", "rl", rl_seconds),
+                                 ("SFT → PivotRL", "pivotrl", pivot_seconds),
+                                 ("SFT (larger model)", "sft-large", sft_large["seconds"])):
+        summary = json.loads((out / run / "summary.json").read_text())
+        scores = evaluate(Path(summary["model_dir"]), out, env, scale, args.seed)
+        records.append({"method": method, "run": run, **scores, **spent(out / run, summary), "seconds": round(seconds, 1),
+                        "parameters": count_parameters(Path(summary["model_dir"]))})
+    (out / "comparison.json").write_text(json.dumps(records, indent=2) + "\n")
+    (out / "comparison.md").write_text(table(records, args.scale))
+    plot(records, out / "comparison.png")
+    print(table(records, args.scale))
+    return 0
+
+
+def write_sft_data(out: Path, env: dict, scale: dict, seed: int) -> tuple[Path, list[str]]:
+    """The expert's conversations on the training tasks plus arithmetic, as one SFT file."""
+    from types import SimpleNamespace
+
+    from posttrain.envs.arithmetic import ArithmeticTask, sft_rows
+    from posttrain.envs.registry import environment_spec
+
+    spec = environment_spec(SimpleNamespace(name="spreadsheet", parser="hermes", tool_timeout_s=10.0, options=env))
+    experts = spec.expert_rows(spec.rows("builtin:spreadsheet", "train", seed))
+    problems = ArithmeticTask(max_operand=19).problems(scale["arithmetic_train"], seed=seed, split="train")
+    rows = [{"messages": r["messages"], "tools": r["tools"]} for r in experts] + sft_rows(problems)
+    path = out / "sft.jsonl"
+    path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    corpus = [json.dumps(r, default=str) for r in experts]
+    return path, corpus
+
+
+def build_models(out: Path, corpus: list[str], seed: int) -> tuple[Path, Path]:
+    """The small and the larger model, sharing a tokenizer that learned the task's text too."""
+    from posttrain.models.tiny import build_tiny_model
+
+    made = []
+    for name, preset in (("model-small", "agent"), ("model-large", "small")):
+        path = out / name
+        if not (path / "config.json").is_file():
+            build_tiny_model(path, preset=preset, seed=seed, extra_corpus=corpus * 3)
+        made.append(path)
+    return made[0], made[1]
+
+
+def sft(out: Path, name: str, model: Path, data: Path, steps: int, seed: int, skip: bool) -> dict:
+    from posttrain.config import load_config
+    from posttrain.recipes import sft as sft_recipe
+
+    summary_path = out / name / "summary.json"
+    if skip and summary_path.is_file():
+        return json.loads(summary_path.read_text())
+    start = time.perf_counter()
+    summary = sft_recipe.train(load_config(sft_recipe.SFTConfig, None, [
+        f"model.name_or_path={model}", "model.device=cpu", f"data.train={data}", "data.max_length=1024",
+        "data.eval_fraction=0.05", f"run.output_dir={out}", f"run.name={name}", "run.overwrite=true",
+        "run.report_to=[]", f"run.seed={seed}", f"steps={steps}", "sequences_per_step=16", "micro_batch_size=8",
+        "optim.lr=3e-3", "optim.schedule=cosine", "optim.warmup_steps=20", f"run.save_every={max(steps, 1)}",
+        f"run.eval_every={max(steps, 1)}"]))
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def rl_overrides(out: Path, env: dict, scale: dict, seed: int) -> list[str]:
+    options = "{" + ", ".join(f"{k}: {v}" for k, v in env.items()) + "}"
+    return [
+        "model.device=cpu", f"run.output_dir={out}", "run.overwrite=true", "run.report_to=[]", f"run.seed={seed}",
+        "run.save_every=1000", "data.train=builtin:spreadsheet", "data.max_length=1024", "env.name=spreadsheet",
+        f"env.options={options}", f"env.max_turns={scale['max_turns']}", "eval.reward=spreadsheet",
+        f"eval.num_samples={scale['num_eval']}", "reward.functions=[spreadsheet]",
+        f"rollout.max_new_tokens={scale['max_new_tokens']}", f"rollout.prompts_per_step={scale['prompts']}",
+        f"rollout.samples_per_prompt={scale['samples']}", f"micro_batch_size={scale['samples']}",
+        "optim.lr=1e-4", "run.eval_every=1000",
+    ]
+
+
+def evaluate(model_dir: Path, out: Path, env: dict, scale: dict, seed: int) -> dict:
+    """Held-out task success (greedy episodes) and arithmetic accuracy (greedy) of one model."""
+    from posttrain.compute import ComputeLedger
+    from posttrain.config import load_config
+    from posttrain.engines.factory import build_engine
+    from posttrain.envs.registry import environment_spec
+    from posttrain.models.build import load_model_and_tokenizer
+    from posttrain.recipes.prompt_data import load_prompt_sets
+    from posttrain.recipes.rl import RLConfig
+    from posttrain.recipes.rl.evaluation import evaluate_prompts, rl_eval_reward_runner
+    from posttrain.recipes.rl.multi_turn import episode_limits
+
+    cfg = load_config(RLConfig, None, rl_overrides(out, env, scale, seed) + [
+        f"model.name_or_path={model_dir}", "rollout.temperature=1.0"])
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    model.eval()
+    engine = build_engine("hf", model, tokenizer)
+    spec = environment_spec(cfg.env)
+    with rl_eval_reward_runner(cfg) as runner:
+        _, tasks = load_prompt_sets(cfg.data, tokenizer, seed=seed, eval_rewards=runner, source_rows=spec.rows)
+        limits = episode_limits(cfg, getattr(model.config, "max_position_embeddings", None))
+        agent = evaluate_prompts(engine, tasks, runner, cfg, ComputeLedger(), 0, episodes=(spec.make, tokenizer, limits))
+    arith = load_config(RLConfig, None, [
+        f"model.name_or_path={model_dir}", "model.device=cpu", "data.train=builtin:arithmetic",
+        "data.arithmetic.max_operand=19", f"data.arithmetic.num_eval={scale['arithmetic_eval']}",
+        f"data.arithmetic.num_train={scale['arithmetic_train']}", "eval.reward=arithmetic",
+        f"eval.num_samples={scale['arithmetic_eval']}", "rollout.max_new_tokens=6"])
+    with rl_eval_reward_runner(arith) as runner:
+        _, problems = load_prompt_sets(arith.data, tokenizer, seed=seed, eval_rewards=runner)
+        ood = evaluate_prompts(engine, problems, runner, arith, ComputeLedger(), 0)
+    return {"success": agent["eval/accuracy_greedy"], "success_sampled": agent["eval/accuracy_sampled"],
+            "turns_per_episode": agent["eval/episodes_greedy/turns_mean"],
+            "ood_accuracy": ood["eval/accuracy_greedy"]}
+
+
+def spent(run_dir: Path, summary: dict) -> dict:
+    """Rollout turns, generated tokens and training FLOPs of a run, from its metrics and ledger."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    turns = sum(r.get("episodes/rollout_turns", 0) + r.get("pivots/rollout_turns", 0) for r in rows)
+    tokens = sum(r.get("episodes/model_tokens", 0) + r.get("pivots/generated_tokens", 0) for r in rows)
+    turns += summary.get("profile_rollout_turns", 0)
+    tokens += summary.get("profile_generated_tokens", 0)
+    flops = summary.get("compute/total/flops", 0) - summary.get("compute/eval/flops", 0)
+    return {"rollout_turns": int(turns), "generated_tokens": int(tokens), "flops": float(flops)}
+
+
+def count_parameters(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def table(records: list[dict], scale: str) -> str:
+    lines = [f"Spreadsheet QA, held-out workbooks ({scale} scale)", "",
+             "| method | params | success (greedy) | success (T=1) | turns/episode | arithmetic (OOD) "
+             "| rollout turns | generated tokens | FLOPs (training) | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['method']} | {r['parameters'] / 1e6:.1f} M | {r['success']:.1%} | {r['success_sampled']:.1%} "
+                     f"| {r['turns_per_episode']:.2f} | {r['ood_accuracy']:.1%} | {r['rollout_turns']:,} "
+                     f"| {r['generated_tokens']:,} | {r['flops']:.3g} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in records:
+        ax.scatter(max(r["rollout_turns"], 1), r["success"], s=60)
+        ax.annotate(r["method"], (max(r["rollout_turns"], 1), r["success"]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xscale("log")
+    ax.set_xlabel("rollout turns (log; SFT rows plotted at 1)")
+    ax.set_ylabel("held-out task success (greedy)")
+    ax.set_title("Spreadsheet QA: success vs rollout turns")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
