@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--preset", default="tiny", help="tiny (~1-2M params), agent (tiny with a 2k context) or small (~10-30M)")
     tiny.add_argument("--seed", type=int, default=0)
 
-    data = sub.add_parser("make-data", help="write the built-in arithmetic task as JSONL")
-    data.add_argument("task", choices=["arithmetic"])
+    data = sub.add_parser("make-data", help="write a built-in task as JSONL (arithmetic; spreadsheet with its workbooks)")
+    data.add_argument("task", choices=["arithmetic", "spreadsheet"])
     data.add_argument("out", type=Path)
     data.add_argument("--n", type=int, default=1000)
     data.add_argument("--split", default="train", choices=["train", "test"])
@@ -92,8 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sft: chat messages with the answer; prompts: prompt + answer columns (RL/eval); "
                            "preference: prompt, chosen (correct) and rejected (near-miss) answers")
     data.add_argument("--max-operand", type=int, default=99)
+    data.add_argument("--difficulty", default="easy", choices=["easy", "medium", "hard"],
+                      help="spreadsheet: workbook and question difficulty (the workbooks go beside OUT)")
     data.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _make_spreadsheet_data(ns) -> int:
+    """Spreadsheet tasks (prompts: the user task format) or the scripted expert's conversations on
+    them (sft), with the workbooks in `<OUT stem>-tasks/` beside OUT."""
+    from types import SimpleNamespace
+
+    from posttrain.data.jsonl import write_jsonl
+    from posttrain.envs.registry import environment_spec
+
+    if ns.shape == "preference":
+        raise ValueError("make-data spreadsheet writes --shape sft (expert conversations) or prompts (tasks)")
+    task_dir = ns.out.parent / f"{ns.out.stem}-tasks"
+    spec = environment_spec(SimpleNamespace(name="spreadsheet", parser="hermes", tool_timeout_s=10.0, options={
+        "num_train": ns.n, "num_eval": ns.n, "difficulty": ns.difficulty, "task_dir": str(task_dir)}))
+    rows = spec.rows("builtin:spreadsheet", ns.split, ns.seed)
+    if ns.shape == "sft":
+        rows = [{"messages": r["messages"], "tools": r["tools"]} for r in spec.expert_rows(rows)]
+    else:
+        rows = [{k: v for k, v in r.items() if k != "prompt"} for r in rows]
+    write_jsonl(rows, ns.out)
+    print(f"wrote {len(rows)} spreadsheet {ns.shape} rows to {ns.out} (workbooks under {task_dir})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             out = build_tiny_model(ns.out_dir, arch=ns.arch, preset=ns.preset, seed=ns.seed)
             print(f"tiny {ns.arch} model ({ns.preset}) written to {out}")
             return 0
+        if ns.command == "make-data" and ns.task == "spreadsheet":
+            return _make_spreadsheet_data(ns)
         if ns.command == "make-data":
             from posttrain.data.jsonl import write_jsonl
             from posttrain.envs.arithmetic import ArithmeticTask, preference_rows, sft_rows

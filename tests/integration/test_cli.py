@@ -66,3 +66,16 @@ def test_resolved_config_is_printed_and_saved(tmp_path, capsys):
     assert "# posttrain sft: resolved config" in out and "micro_batch_size: 2" in out
     saved = yaml.safe_load((tmp_path / "tiny" / "config.yaml").read_text())
     assert saved["micro_batch_size"] == 2 and saved["run"]["name"] == "tiny"
+
+
+def test_make_data_spreadsheet_writes_expert_conversations_the_sft_loader_accepts(tmp_path, capsys):
+    from posttrain.data.examples import load_examples
+
+    assert main(["make-data", "spreadsheet", str(tmp_path / "sft.jsonl"), "--n", "3"]) == 0
+    (tmp_path / "sft.jsonl").read_text()
+    loaded = load_examples(str(tmp_path / "sft.jsonl"), "sft")
+    assert len(loaded.examples) == 3 and loaded.examples[0].tools[-1]["function"]["name"] == "answer"
+    assert main(["make-data", "spreadsheet", str(tmp_path / "tasks.jsonl"), "--n", "2", "--shape", "prompts"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "tasks.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all({"file", "question", "answer"} <= set(r) for r in rows)
+    assert "wrote 2 spreadsheet prompts rows" in capsys.readouterr().out
