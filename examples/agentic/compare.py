@@ -35,7 +35,7 @@ SCALES = {
     # name: tasks, steps and batch sizes
     "smoke": dict(num_train=8, num_eval=4, arithmetic_train=40, arithmetic_eval=8, sft_steps=4, large_sft_steps=2,
                   rl_steps=2, pivot_steps=2, prompts=2, samples=2, k=2, max_new_tokens=48, max_turns=5),
-    "reference": dict(num_train=200, num_eval=50, arithmetic_train=400, arithmetic_eval=50, sft_steps=400,
+    "reference": dict(num_train=200, num_eval=50, arithmetic_train=370, arithmetic_eval=30, sft_steps=400,
                       large_sft_steps=400, rl_steps=30, pivot_steps=30, prompts=8, samples=8, k=8,
                       max_new_tokens=64, max_turns=6),
 }
