@@ -28,7 +28,7 @@ from posttrain.envs.arithmetic import ArithmeticTask
 from posttrain.recipes.preference import dpo
 from posttrain.models.build import load_model_and_tokenizer
 from posttrain.recipes.preference.dpo_data import load_dpo_data, mismatched_sequences
-from posttrain.run import Run
+from simulated_kill import killed_after_step
 
 pytestmark = pytest.mark.integration
 
@@ -184,18 +184,9 @@ def test_killed_run_resumes_to_the_same_losses_and_weights(tmp_path, monkeypatch
     assert sorted(expected) == [1, 2, 3, 4, 5, 6]
     assert "after/eval/accuracy_greedy" in straight  # task accuracy under eval.reward
 
-    original_log = Run.log
-
-    def log_then_die(self, step, metrics):
-        original_log(self, step, metrics)
-        if step == 5 and "train/loss" in metrics:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(Run, "log", log_then_die)
     killed = RESUME + [f"run.output_dir={tmp_path}", "run.name=killed"]
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_step(monkeypatch, 5, "train/loss"):
         dpo.train(load_config(dpo.DPOConfig, None, killed))
-    monkeypatch.setattr(Run, "log", original_log)
     assert (tmp_path / "killed" / "checkpoints" / "step-00000003").is_dir()
 
     resumed = dpo.train(load_config(dpo.DPOConfig, None, killed + ["run.resume=true"]))

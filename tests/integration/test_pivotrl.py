@@ -10,7 +10,7 @@ from posttrain.agents.tool_env import ToolEnvironment
 from posttrain.config import load_config
 from posttrain.envs.registry import EnvironmentSpec
 from posttrain.recipes import pivotrl
-from posttrain.run import Run
+from simulated_kill import killed_after_step
 
 pytestmark = pytest.mark.integration
 
@@ -129,17 +129,8 @@ def test_a_killed_pivotrl_run_resumes_to_the_same_numbers(tmp_path, monkeypatch)
         return {r["step"]: (r["reward/mean"], r["train/loss"]) for r in logged(tmp_path / name) if "reward/mean" in r}
 
     pivotrl.train(load_config(pivotrl.PivotRLConfig, None, overrides(tmp_path, "straight")))
-    original = Run.log
-
-    def log_then_die(self, step, metrics):
-        original(self, step, metrics)
-        if step == 3 and "reward/mean" in metrics:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(Run, "log", log_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_step(monkeypatch, 3, "reward/mean"):
         pivotrl.train(load_config(pivotrl.PivotRLConfig, None, overrides(tmp_path, "killed")))
-    monkeypatch.setattr(Run, "log", original)
     pivotrl.train(load_config(pivotrl.PivotRLConfig, None, overrides(tmp_path, "killed", "run.resume=true")))
     expected, got = numbers("straight"), numbers("killed")
     assert sorted(got) == [1, 2, 3, 4]

@@ -25,7 +25,7 @@ import pytest
 
 from posttrain.config import load_config
 from posttrain.recipes import rl
-from posttrain.run import Run
+from simulated_kill import killed_after_step
 from test_reward_model_learns import reward_model_run, warm_policy_dir
 
 pytestmark = pytest.mark.integration
@@ -96,17 +96,8 @@ def test_killed_ppo_run_resumes_with_the_same_losses_and_adaptive_kl_coefficient
     assert betas == pytest.approx([0.05, 0.04, 0.048, 0.0576]), betas
     assert straight["final_kl_coef"] == pytest.approx(0.0576 * 1.2)
 
-    original_log = Run.log
-
-    def log_then_die(self, step, metrics):
-        original_log(self, step, metrics)
-        if step == 3 and "reward/score_mean" in metrics:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(Run, "log", log_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_step(monkeypatch, 3, "reward/score_mean"):
         run("killed")
-    monkeypatch.setattr(Run, "log", original_log)
     run("killed", ["run.resume=true"])
     expected, got = numbers("straight"), numbers("killed")
     assert sorted(got) == [1, 2, 3, 4]

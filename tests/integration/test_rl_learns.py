@@ -13,6 +13,7 @@ import pytest
 
 from posttrain.config import load_config
 from posttrain.recipes import rl, sft
+from simulated_kill import killed_after_step
 
 pytestmark = pytest.mark.integration
 
@@ -122,8 +123,6 @@ def test_failing_rewards_are_counted_and_training_goes_on(tmp_path, warm_model, 
 
 
 def test_killed_rl_run_resumes_to_the_same_rewards_and_losses(tmp_path, warm_model, monkeypatch):
-    from posttrain.run import Run
-
     def run(name, extra=()):
         cfg = load_config(rl.RLConfig, None, rl_overrides(tmp_path, warm_model, name) + [
             "steps=4", "run.save_every=2", "run.log_every=1", "optim.lr=3e-4", "updates_per_batch=2",
@@ -134,17 +133,8 @@ def test_killed_rl_run_resumes_to_the_same_rewards_and_losses(tmp_path, warm_mod
         return {r["step"]: (r["reward/mean"], r.get("train/loss")) for r in rewards_by_step(tmp_path / name)}
 
     run("straight")
-    original_log = Run.log
-
-    def log_then_die(self, step, metrics):
-        original_log(self, step, metrics)
-        if step == 3 and "reward/mean" in metrics:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(Run, "log", log_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_step(monkeypatch, 3, "reward/mean"):
         run("killed")
-    monkeypatch.setattr(Run, "log", original_log)
     run("killed", ["run.resume=true"])
     expected, got = losses("straight"), losses("killed")
     assert sorted(got) == [1, 2, 3, 4]

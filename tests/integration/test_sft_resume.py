@@ -6,7 +6,7 @@ import pytest
 
 from posttrain.config import load_config
 from posttrain.recipes import sft
-from posttrain.run import Run
+from simulated_kill import killed_after_step
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +29,9 @@ def test_resumed_run_reproduces_uninterrupted_losses(tmp_path, monkeypatch):
     assert sorted(expected) == [1, 2, 3, 4, 5, 6]
 
     # Kill the second run after it has logged step 5: past its step-3 checkpoint, before the end.
-    original_log = Run.log
-
-    def log_then_die(self, step, metrics):
-        original_log(self, step, metrics)
-        if step == 5 and "train/loss" in metrics:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(Run, "log", log_then_die)
     killed = load_config(sft.SFTConfig, None, OVERRIDES + [f"run.output_dir={tmp_path}", "run.name=killed"])
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_step(monkeypatch, 5, "train/loss"):
         sft.train(killed)
-    monkeypatch.setattr(Run, "log", original_log)
     assert (tmp_path / "killed" / "checkpoints" / "step-00000003").is_dir()
 
     # Starting again without resume refuses to clobber the run; with resume it continues from step 3.
