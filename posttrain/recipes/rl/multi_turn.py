@@ -26,7 +26,7 @@ from posttrain.recipes.rl.rollouts import GenerateAndScore, ScoredRound
 from posttrain.verifiers.combine import RewardRunner
 
 __all__ = ["EpisodeAnswer", "episode_generator", "episode_limits", "final_answer", "multi_turn_round",
-           "rollout_round"]
+           "play_episodes", "rollout_round"]
 
 
 def final_answer(env: Environment, trajectory: Trajectory) -> str:
@@ -36,6 +36,21 @@ def final_answer(env: Environment, trajectory: Trajectory) -> str:
     return str(answer) if answer is not None else trajectory.final_completion
 
 
+def play_episodes(engine: Engine, make_env: Callable[[dict], Environment], tokenizer: Any, limits: EpisodeLimits,
+                  encoder: TemplateEncoder, rows: list[dict], sampling: SamplingParams):
+    """`sampling.n` episodes of every row in lockstep, each in its own environment.
+
+    Returns (prompt_index, flat_rows, trajectories, answers, stats), aligned: episode i played
+    `rows[prompt_index[i]]` and answered `answers[i]` (`final_answer`)."""
+    prompt_index = [i for i in range(len(rows)) for _ in range(sampling.n)]
+    flat_rows = [rows[i] for i in prompt_index]
+    envs = [make_env(row) for row in flat_rows]
+    trajectories, stats = run_episodes(envs, flat_rows, engine, tokenizer, dataclasses.replace(sampling, n=1),
+                                       limits, encoder=encoder)
+    answers = [final_answer(env, t) for env, t in zip(envs, trajectories)]
+    return prompt_index, flat_rows, trajectories, answers, stats
+
+
 def multi_turn_round(engine: Engine, make_env: Callable[[dict], Environment], rewards: RewardRunner,
                      tokenizer: Any, limits: EpisodeLimits, ledger: ComputeLedger, n_params: int) -> GenerateAndScore:
     """Episodes of `make_env(row)` for every sample of every row, scored by `rewards`."""
@@ -43,16 +58,11 @@ def multi_turn_round(engine: Engine, make_env: Callable[[dict], Environment], re
 
     def generate_and_score(rows: list[dict], prompt_ids: list[list[int]], sampling: SamplingParams) -> ScoredRound:
         del prompt_ids  # each episode's prompt is rendered from env.reset, with that episode's tools
-        G = sampling.n
-        prompt_index = [i for i in range(len(rows)) for _ in range(G)]
-        flat_rows = [rows[i] for i in prompt_index]
-        envs = [make_env(row) for row in flat_rows]
-        one_each = SamplingParams(**{**vars(sampling), "n": 1})
         with ledger.timed("rollout"):
-            trajectories, stats = run_episodes(envs, flat_rows, engine, tokenizer, one_each, limits, encoder=encoder)
+            prompt_index, flat_rows, trajectories, answers, stats = play_episodes(
+                engine, make_env, tokenizer, limits, encoder, rows, sampling)
         # Each turn prefills its episode's whole history (no cache is kept between turns), then decodes.
         ledger.record("rollout", tokens=stats.prefill_tokens + stats.model_tokens, params=n_params)
-        answers = [final_answer(env, t) for env, t in zip(envs, trajectories)]
         with ledger.timed("scoring"):
             report = rewards([row["prompt"] for row in flat_rows], answers, flat_rows)
         for trajectory, reward in zip(trajectories, report.total):
@@ -79,15 +89,13 @@ def episode_generator(engine: Engine, make_env: Callable[[dict], Environment], t
     encoder = TemplateEncoder(tokenizer)
 
     def generate(rows: list[dict], prompt_ids: list[list[int]], sampling: SamplingParams) -> list[list[EpisodeAnswer]]:
-        n = sampling.n
-        flat = [row for row in rows for _ in range(n)]
-        envs = [make_env(row) for row in flat]
-        trajectories, batch_stats = run_episodes(envs, flat, engine, tokenizer, dataclasses.replace(sampling, n=1),
-                                                 limits, encoder=encoder)
+        _, _, trajectories, answers, batch_stats = play_episodes(engine, make_env, tokenizer, limits, encoder,
+                                                                 rows, sampling)
         stats.append(batch_stats)
-        answers = [EpisodeAnswer(final_answer(env, t), [i for i, m in zip(t.token_ids, t.loss_mask) if m], t)
-                   for env, t in zip(envs, trajectories)]
-        return [answers[i * n:(i + 1) * n] for i in range(len(rows))]
+        played = [EpisodeAnswer(answer, [i for i, m in zip(t.token_ids, t.loss_mask) if m], t)
+                  for answer, t in zip(answers, trajectories)]
+        n = sampling.n
+        return [played[i * n:(i + 1) * n] for i in range(len(rows))]
 
     return generate
 
@@ -100,7 +108,7 @@ def episode_limits(cfg, model_max_context: int | None) -> EpisodeLimits:
                          max_context=env.max_context or model_max_context)
 
 
-def rollout_round(cfg, engine: Engine, tokenizer: Any, rewards: RewardRunner, ledger: ComputeLedger,
+def rollout_round(engine: Engine, tokenizer: Any, rewards: RewardRunner, ledger: ComputeLedger,
                   n_params: int, make_env: Callable[[dict], Environment] | None, limits: EpisodeLimits | None
                   ) -> GenerateAndScore:
     """The step's rollout: one completion per sample, or whole episodes when `env.name` is set."""

@@ -94,7 +94,7 @@ def train(cfg: RLConfig) -> dict:
         n_params = {"policy": matmul_params(policy), "value": matmul_params(critic)}
         make_env = spec.make if spec else None
         limits = episode_limits(cfg, getattr(policy.config, "max_position_embeddings", None))
-        generate_and_score = rollout_round(cfg, engine, tokenizer, rewards, ledger, n_params["policy"], make_env, limits)
+        generate_and_score = rollout_round(engine, tokenizer, rewards, ledger, n_params["policy"], make_env, limits)
         episodes = (make_env, tokenizer, limits) if make_env else None
 
         def evaluate() -> dict:
