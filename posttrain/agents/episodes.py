@@ -32,6 +32,7 @@ Stops, each counted in `EpisodeStats.stops`:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -120,7 +121,8 @@ class TemplateEncoder:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("multi-turn episodes need a tokenizer with a chat_template")
         self.tokenizer = tokenizer
-        self._glue_cache: dict[Any, str] = {}
+        # The placeholder conversation's rendering depends only on the tools: rendered once per tool set.
+        self._placeholder_cache: dict[str, str] = {}
 
     def render(self, messages: list[Message], tools: list[dict] | None, generation_prompt: bool) -> str:
         text = self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
@@ -138,7 +140,10 @@ class TemplateEncoder:
         """Ids appended after a model turn; `stop_text` is the text of the stop token the turn
         ended on (None when it was cut at the token limit)."""
         base = [{"role": "user", "content": _PLACEHOLDER}, {"role": "assistant", "content": _PLACEHOLDER}]
-        before = self.render(base, tools, generation_prompt=False)
+        key = json.dumps(tools, sort_keys=True, default=str)
+        if key not in self._placeholder_cache:
+            self._placeholder_cache[key] = self.render(base, tools, generation_prompt=False)
+        before = self._placeholder_cache[key]
         after = self.render(base + list(observation), tools, generation_prompt=True)
         if not after.startswith(before):
             raise ValueError("the chat template renders a conversation differently once messages are added "
