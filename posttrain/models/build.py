@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from posttrain.config import ModelConfig
 from posttrain.models.loading import LoraSettings, load_causal_lm, load_tokenizer, resolve_device
+from posttrain.cache import cache_dir
 from posttrain.models.tiny import build_tiny_model
 
 
 def tiny_model_cache() -> Path:
     """Where `tiny` models are built once and reused: $POSTTRAIN_CACHE or ~/.cache/posttrain."""
-    root = os.environ.get("POSTTRAIN_CACHE") or Path.home() / ".cache" / "posttrain"
-    return Path(root) / "models"
+    return cache_dir("models")
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 from posttrain.agents.action_match import json_equivalent
 from posttrain.agents.tool_env import ToolEnvironment
 from posttrain.agents.tools import tool_from_function
+from posttrain.cache import cache_dir
 from posttrain.envs.registry import EnvironmentSpec
 from posttrain.envs.spreadsheet.answers import answer_matches
 from posttrain.envs.spreadsheet.expert import expert_messages, queries_equivalent
@@ -182,5 +182,4 @@ def spreadsheet_action_reward(prompt: Any, completion: str, expert_action: Mappi
 def _cache_dir(options: SpreadsheetOptions, split: str, seed: int, n: int) -> Path:
     key = json.dumps({"v": 1, "difficulty": options.difficulty, "per": options.questions_per_workbook,
                       "split": split, "seed": seed, "n": n}, sort_keys=True)
-    root = Path(os.environ.get("POSTTRAIN_CACHE") or Path.home() / ".cache" / "posttrain")
-    return root / "spreadsheet" / hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_dir("spreadsheet", hashlib.sha256(key.encode()).hexdigest()[:12])
