@@ -95,6 +95,8 @@ class Trajectory:
         reward: set by `run_episode` from `Environment.score`.
         truncated: a limit (turns, tokens, context), not the environment, ended the episode.
         stop_reason: why it ended, when the lockstep runner played it (`agents.episodes.STOP_REASONS`).
+        turn_rewards: one score per model turn when the run has per-turn rewards
+            (`reward.turn_functions`; None where a turn was unscorable), else empty.
     """
 
     row: dict[str, Any]
@@ -105,6 +107,7 @@ class Trajectory:
     reward: float | None = None
     truncated: bool = False
     stop_reason: str | None = None
+    turn_rewards: list[float | None] = field(default_factory=list)
 
     @property
     def prompt_length(self) -> int:

@@ -86,3 +86,37 @@ def test_rl_trains_on_two_turn_episodes_with_the_loss_on_model_turns_only(tmp_pa
     env = trajectory.spans[2]
     assert all(lp == 0.0 for lp in sequence.sampler_logprobs[env.start:env.end])
     assert all(lp < 0 for lp, m in zip(sequence.sampler_logprobs, sequence.loss_mask) if m)
+
+
+def first_turn_only(prompt, completion, turn_index, **row):
+    return 1.0 if turn_index == 0 else 0.0
+
+
+def test_per_turn_scores_shape_the_episode_reward(tmp_path, monkeypatch):
+    seen = []
+    original = multi_turn.trajectory_sequence
+    monkeypatch.setattr(multi_turn, "trajectory_sequence", lambda t: seen.append(t) or original(t))
+    cfg = load_config(rl.RLConfig, None, [
+        "model.name_or_path=tiny", "model.device=cpu", f"run.output_dir={tmp_path}", "run.name=turns",
+        "run.report_to=[]", "run.save_every=1000", "run.eval_every=1000", "data.arithmetic.max_operand=9",
+        "data.arithmetic.num_train=40", "data.arithmetic.num_eval=4", "data.max_length=32", "eval.num_samples=4",
+        "eval.reward=test_rl_multi_turn:starts_with_digit", "reward.functions=[test_rl_multi_turn:starts_with_digit]",
+        "reward.turn_functions=[test_rl_multi_turn:first_turn_only]", "reward.turn_coef=0.5",
+        "rollout.max_new_tokens=6", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
+        "micro_batch_size=4", "steps=1", "env.name=test_rl_multi_turn:two_turn_factory",
+        "env.options={flavour: toy}", "env.max_turns=4",
+    ])
+    rl.train(cfg)
+    row = next(json.loads(line) for line in (tmp_path / "turns" / "metrics.jsonl").read_text().splitlines()
+               if "reward/mean" in json.loads(line))
+    assert row["turn_rewards/turns"] == 8.0 and row["turn_rewards/test_rl_multi_turn:first_turn_only/mean"] == 0.5
+    assert len(seen) == 4
+    for trajectory in seen:
+        outcome = starts_with_digit(None, trajectory.final_completion)
+        assert trajectory.turn_rewards == [1.0, 0.0]
+        assert trajectory.reward == pytest.approx(outcome + 0.5 * 0.5)
+
+
+def test_per_turn_scores_need_an_environment():
+    with pytest.raises(Exception, match="turn_functions"):
+        load_config(rl.RLConfig, None, ["reward.turn_functions=[arithmetic]"])

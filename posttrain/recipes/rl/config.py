@@ -82,6 +82,14 @@ class RewardConfig:
     # Subtracted from the reward of a response that hit max_new_tokens without EOS (a reward model
     # would otherwise score the unfinished text as if it had ended). null = no penalty.
     missing_eos_penalty: Union[float, None] = None
+    # Per-turn scores of multi-turn episodes (env.name set), through the same on_error / timeout_s
+    # accounting: each function is called once per model turn with the conversation before the turn
+    # as `prompt`, the turn's text as `completion`, and the row's columns plus `turn_index` (from 0)
+    # and `num_turns`. An episode's reward = its outcome reward (`functions`) + turn_coef × the
+    # mean over its turns of their weighted total. Logged as turn_rewards/<name>/*.
+    turn_functions: list[str] = dataclasses.field(default_factory=list)
+    turn_weights: Union[list[float], None] = None
+    turn_coef: float = 1.0
 
     def __post_init__(self) -> None:
         # Checked here, as the section is built, since a reward call without a limit can hang the run.
@@ -178,6 +186,11 @@ class RLConfig:
         require(self.reward.weights is None or len(self.reward.weights) == len(self.reward.functions),
                 f"reward.weights has {len(self.reward.weights or [])} entries for "
                 f"{len(self.reward.functions)} reward.functions")
+        require(not self.reward.turn_functions or self.env.name is not None,
+                "reward.turn_functions score the turns of multi-turn episodes: set env.name (or drop them)")
+        require(self.reward.turn_weights is None or len(self.reward.turn_weights) == len(self.reward.turn_functions),
+                f"reward.turn_weights has {len(self.reward.turn_weights or [])} entries for "
+                f"{len(self.reward.turn_functions)} reward.turn_functions")
         try:
             algo = self.algorithm.resolve()
         except (ValueError, TypeError) as err:

@@ -37,7 +37,7 @@ from posttrain.models.reference import reference_model
 from posttrain.recipes.prompt_data import load_prompt_sets
 from posttrain.recipes.rl.batch import RolloutBatch
 from posttrain.recipes.rl.config import RLConfig
-from posttrain.recipes.rl.rewards import reward_runners
+from posttrain.recipes.rl.rewards import reward_runners, turn_reward_runner
 from posttrain.recipes.rl.multi_turn import episode_limits, rollout_round
 from posttrain.recipes.rl.rollouts import collect_rollouts
 from posttrain.recipes.rl.evaluation import evaluate_prompts
@@ -51,7 +51,7 @@ def train(cfg: RLConfig) -> dict:
     """Run RL as configured; returns the summary also written to `summary.json`."""
     algo = cfg.algorithm.resolve()
     run = start_run(cfg, {"resolved_algorithm": algo.as_dict()})
-    with run, reward_runners(cfg, run) as (rewards, score_eval):
+    with run, reward_runners(cfg, run) as (rewards, score_eval), turn_reward_runner(cfg, run) as turn_rewards:
         set_seed(cfg.run.seed)
         run.print(f"algorithm {cfg.algorithm.name}: {algo.as_dict()}")
         model, tokenizer, reference, engine = load_policy(cfg, algo)
@@ -66,7 +66,8 @@ def train(cfg: RLConfig) -> dict:
         n_params = matmul_params(model)
         make_env = spec.make if spec else None
         limits = episode_limits(cfg, getattr(model.config, "max_position_embeddings", None))
-        generate_and_score = rollout_round(engine, tokenizer, rewards, ledger, n_params, make_env, limits)
+        generate_and_score = rollout_round(engine, tokenizer, rewards, ledger, n_params, make_env, limits,
+                                           turn_rewards, cfg.reward.turn_coef)
         episodes = (make_env, tokenizer, limits) if make_env else None
 
         def evaluate() -> dict:
@@ -92,7 +93,7 @@ def train(cfg: RLConfig) -> dict:
         return loop.finish(
             {"recipe": "rl", "algorithm": cfg.algorithm.name, "rl_steps": cfg.steps,
              },
-            model=model, reward_runners=(rewards, score_eval), plot_name="rl_curves.png", title=f"RL ({cfg.algorithm.name}): {cfg.run.name}",
+            model=model, reward_runners=(rewards, score_eval, turn_rewards), plot_name="rl_curves.png", title=f"RL ({cfg.algorithm.name}): {cfg.run.name}",
             plot_keys=["reward/mean", "eval/accuracy_sampled", "eval/accuracy_greedy", "kl/mean", "entropy/mean",
                        "response/length_mean"])
 

@@ -10,6 +10,12 @@ worker-process timeouts, error counting and `on_error` — with the episode's fi
 "completion" (the `answer` tool's argument, or the last message when the model ended with text),
 so an environment's reward is an ordinary reward function `(prompt, completion, **row)` and a
 user can swap it in `reward.functions`.
+
+Per-turn scores (`reward.turn_functions`) go through a runner of their own with the same limits:
+one call per model turn, the conversation before the turn as the prompt and the turn's text as the
+completion. They shape the episode's one reward (`with_turn_scores`) rather than giving each
+turn its own advantage: the group baselines of the GRPO family are per sequence, and a sum keeps
+every algorithm of the family working on episodes unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from posttrain.recipes.rl.rollouts import GenerateAndScore, ScoredRound
 from posttrain.verifiers.combine import RewardRunner
 
 __all__ = ["EpisodeAnswer", "episode_generator", "episode_limits", "final_answer", "multi_turn_round",
-           "play_episodes", "rollout_round"]
+           "play_episodes", "rollout_round", "score_turns", "turn_inputs", "with_turn_scores"]
 
 
 def final_answer(env: Environment, trajectory: Trajectory) -> str:
@@ -51,9 +57,51 @@ def play_episodes(engine: Engine, make_env: Callable[[dict], Environment], token
     return prompt_index, flat_rows, trajectories, answers, stats
 
 
+def turn_inputs(trajectories: list[Trajectory]) -> tuple[list[int], list[Any], list[str], list[dict]]:
+    """Every model turn of every trajectory as a reward input: (owner, prompts, completions, rows).
+    Turn k of trajectory i is scored with the messages before it as the prompt, its text as the
+    completion, and trajectory i's row plus ``turn_index=k`` and ``num_turns``; owner says i."""
+    owner, prompts, completions, rows = [], [], [], []
+    for i, trajectory in enumerate(trajectories):
+        spans = [s for s in trajectory.spans if s.source == "model"]
+        for k, span in enumerate(spans):
+            owner.append(i)
+            prompts.append(trajectory.messages[:span.message_index])
+            completions.append(str(trajectory.messages[span.message_index].get("content") or ""))
+            rows.append({**trajectory.row, "turn_index": k, "num_turns": len(spans)})
+    return owner, prompts, completions, rows
+
+
+def with_turn_scores(outcome: list[float | None], turn_scores: list[list[float | None]],
+                     coef: float) -> list[float | None]:
+    """Episode rewards: outcome + coef × the mean of the episode's scorable turn scores. An
+    unscorable outcome (None) stays None; unscorable turns are left out of the mean, and an
+    episode with none scorable (or no turns) keeps its outcome."""
+    out = []
+    for reward, turns in zip(outcome, turn_scores, strict=True):
+        valid = [s for s in turns if s is not None]
+        out.append(None if reward is None else reward + (coef * sum(valid) / len(valid) if valid else 0.0))
+    return out
+
+
+def score_turns(turn_rewards: RewardRunner, trajectories: list[Trajectory]) -> tuple[list[list[float | None]], dict]:
+    """Each trajectory's per-turn totals from `turn_rewards` (also set as `trajectory.turn_rewards`)
+    and the batch's metrics (turn_rewards/<name>/mean, raised, timed_out, invalid; turn_rewards/turns)."""
+    owner, prompts, completions, rows = turn_inputs(trajectories)
+    report = turn_rewards(prompts, completions, rows)
+    per_trajectory: list[list[float | None]] = [[] for _ in trajectories]
+    for i, score in zip(owner, report.total):
+        per_trajectory[i].append(score)
+    for trajectory, scores in zip(trajectories, per_trajectory):
+        trajectory.turn_rewards = scores
+    return per_trajectory, {**report.metrics("turn_rewards"), "turn_rewards/turns": float(len(owner))}
+
+
 def multi_turn_round(engine: Engine, make_env: Callable[[dict], Environment], rewards: RewardRunner,
-                     tokenizer: Any, limits: EpisodeLimits, ledger: ComputeLedger, n_params: int) -> GenerateAndScore:
-    """Episodes of `make_env(row)` for every sample of every row, scored by `rewards`."""
+                     tokenizer: Any, limits: EpisodeLimits, ledger: ComputeLedger, n_params: int,
+                     turn_rewards: RewardRunner | None = None, turn_coef: float = 1.0) -> GenerateAndScore:
+    """Episodes of `make_env(row)` for every sample of every row, scored by `rewards` (and per
+    turn by `turn_rewards`, weighted by `turn_coef`, when given)."""
     encoder = TemplateEncoder(tokenizer)
 
     def generate_and_score(rows: list[dict], prompt_ids: list[list[int]], sampling: SamplingParams) -> ScoredRound:
@@ -65,10 +113,15 @@ def multi_turn_round(engine: Engine, make_env: Callable[[dict], Environment], re
         ledger.record("rollout", tokens=stats.prefill_tokens + stats.model_tokens, params=n_params)
         with ledger.timed("scoring"):
             report = rewards([row["prompt"] for row in flat_rows], answers, flat_rows)
-        for trajectory, reward in zip(trajectories, report.total):
+            totals, metrics = list(report.total), report.metrics()
+            if turn_rewards is not None:
+                turn_scores, turn_metrics = score_turns(turn_rewards, trajectories)
+                totals = with_turn_scores(totals, turn_scores, turn_coef)
+                metrics.update(turn_metrics)
+        for trajectory, reward in zip(trajectories, totals):
             trajectory.reward = reward
         sequences = [trajectory_sequence(t) for t in trajectories]
-        return ScoredRound(sequences, report.total, prompt_index, report.metrics(), episodes=stats)
+        return ScoredRound(sequences, totals, prompt_index, metrics, episodes=stats)
 
     return generate_and_score
 
@@ -109,11 +162,12 @@ def episode_limits(cfg, model_max_context: int | None) -> EpisodeLimits:
 
 
 def rollout_round(engine: Engine, tokenizer: Any, rewards: RewardRunner, ledger: ComputeLedger,
-                  n_params: int, make_env: Callable[[dict], Environment] | None, limits: EpisodeLimits | None
-                  ) -> GenerateAndScore:
-    """The step's rollout: one completion per sample, or whole episodes when `env.name` is set."""
+                  n_params: int, make_env: Callable[[dict], Environment] | None, limits: EpisodeLimits | None,
+                  turn_rewards: RewardRunner | None = None, turn_coef: float = 1.0) -> GenerateAndScore:
+    """The step's rollout: one completion per sample, or whole episodes when `env.name` is set
+    (per-turn scores only there: the config refuses them without an environment)."""
     if make_env is None:
         from posttrain.recipes.rl.rollouts import single_turn_round
 
         return single_turn_round(engine, rewards, ledger, n_params)
-    return multi_turn_round(engine, make_env, rewards, tokenizer, limits, ledger, n_params)
+    return multi_turn_round(engine, make_env, rewards, tokenizer, limits, ledger, n_params, turn_rewards, turn_coef)

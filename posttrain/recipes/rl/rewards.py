@@ -1,10 +1,11 @@
 """The reward runners an RL run scores with: training rollouts from the `reward` section, held-out
-completions from `eval.reward` (else the first training reward) under the same limits."""
+completions from `eval.reward` (else the first training reward) under the same limits, and the
+per-turn scores of multi-turn episodes (`reward.turn_functions`)."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Optional
 
 from posttrain.recipes.rl.evaluation import rl_eval_reward_runner
 from posttrain.rewards import resolve_reward
@@ -25,3 +26,18 @@ def reward_runners(cfg, run: Run) -> Iterator[tuple[RewardRunner, RewardRunner]]
                       timeout_s=cfg.reward.timeout_s, warn=warn) as training:
         with rl_eval_reward_runner(cfg, warn=warn, share=training) as evaluation:
             yield training, evaluation
+
+
+@contextlib.contextmanager
+def turn_reward_runner(cfg, run: Run) -> Iterator[Optional[RewardRunner]]:
+    """The runner of `reward.turn_functions` (None when there are none), with the training
+    rewards' on_error and timeout, so a per-turn score that raises, hangs or returns NaN is
+    handled and counted as an outcome reward is."""
+    names = cfg.reward.turn_functions
+    if not names:
+        yield None
+        return
+    weights = dict(zip(names, cfg.reward.turn_weights)) if cfg.reward.turn_weights else None
+    with RewardRunner({name: resolve_reward(name) for name in names}, weights, on_error=cfg.reward.on_error,
+                      timeout_s=cfg.reward.timeout_s, warn=warn_to(run)) as runner:
+        yield runner
