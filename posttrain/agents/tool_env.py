@@ -6,7 +6,8 @@ A task supplies three things (as methods of one object, or as callables):
     tools(row)  -> ToolBox | list[Callable]   this episode's tools (e.g. bound to the row's workbook)
     score(row, final_answer, trajectory) -> float | None
 
-and the environment does the rest: parse each model turn (`parser`, by family), run the calls in
+and, optionally, ``close()`` (free what `tools(row)` opened: the rollout calls the environment's
+`close` when the episode is over), and the environment does the rest: parse each model turn (`parser`, by family), run the calls in
 order through the ToolBox, answer with one ``{"role": "tool", ...}`` message per call, and decide
 when the episode is over. After `reset`, `tool_schemas` holds the schemas the rollout passes to
 the chat template's ``tools=``, so the model is shown exactly the tools that run.
@@ -101,11 +102,12 @@ class ToolEnvironment:
                  prompt: Callable[[Mapping[str, Any]], list[Message] | str] | None = None,
                  tools: Callable[[Mapping[str, Any]], ToolBox | Sequence[Callable[..., Any] | Tool]] | None = None,
                  score: Callable[[Mapping[str, Any], str | None, Trajectory], float | None] | None = None,
-                 parser: str | ToolCallParser = "hermes", finish_tool: str | None = "answer",
+                 close: Callable[[], None] | None = None, parser: str | ToolCallParser = "hermes", finish_tool: str | None = "answer",
                  max_calls_per_turn: int = 8, timeout_s: float = 10.0, max_output_chars: int = 2000) -> None:
         self._prompt = prompt or getattr(task, "prompt", None)
         self._tools = tools or getattr(task, "tools", None)
         self._score = score or getattr(task, "score", None)
+        self._close = close or getattr(task, "close", None)
         missing = [name for name, fn in (("prompt", self._prompt), ("tools", self._tools), ("score", self._score))
                    if not callable(fn)]
         if missing:
@@ -180,6 +182,13 @@ class ToolEnvironment:
         reward runner's job (docs/architecture.md, "Reward function"), the same as for any reward.
         """
         return self._score(trajectory.row, self.final_answer, trajectory)
+
+    def close(self) -> None:
+        """End the episode's hold on its tools: the task's `close` (e.g. a workbook's database
+        connection), once; the answer and counters stay readable."""
+        if self.toolbox is not None and callable(self._close):
+            self._close()
+        self.toolbox = None
 
     def _episode_toolbox(self, row: Mapping[str, Any]) -> ToolBox:
         given = self._tools(row)

@@ -45,7 +45,9 @@ class StepResult:
 
 @runtime_checkable
 class Environment(Protocol):
-    """Anything with these three methods; no base class to inherit."""
+    """Anything with these three methods; no base class to inherit. An environment that holds
+    resources for its episode (open files, database connections) may also have ``close()``: the
+    rollout calls it once the episode is over and its answer read (and on an error)."""
 
     def reset(self, row: Mapping[str, Any]) -> list[Message]:
         """Start an episode for a dataset row; returns the initial chat messages (the prompt)."""

@@ -14,6 +14,9 @@ from posttrain.recipes.rl import multi_turn
 pytestmark = pytest.mark.integration
 
 
+CREATED: list = []
+
+
 class TwoTurnEnv:
     """Answers the model's first turn with a 'tool' message, ends the episode after the second."""
 
@@ -21,6 +24,11 @@ class TwoTurnEnv:
         self.turns = 0
         self.final_answer = None
         self.stats = {"tool_calls": 0}
+        self.closed = 0
+        CREATED.append(self)
+
+    def close(self):
+        self.closed += 1
 
     def reset(self, row):
         return list(row["prompt"])
@@ -62,7 +70,9 @@ def test_rl_trains_on_two_turn_episodes_with_the_loss_on_model_turns_only(tmp_pa
         "micro_batch_size=8", "optim.lr=1e-3", "steps=2",
         "env.name=test_rl_multi_turn:two_turn_factory", "env.options={flavour: toy}", "env.max_turns=4",
     ])
+    CREATED.clear()
     summary = rl.train(cfg)
+    assert CREATED and all(env.closed == 1 for env in CREATED)  # every episode's environment, once
     rows = [json.loads(line) for line in (tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "reward/mean" in r]
     assert len(steps) == 2

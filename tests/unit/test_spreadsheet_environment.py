@@ -79,6 +79,11 @@ def test_tool_mistakes_become_observations_and_a_wrong_answer_scores_zero(spec):
     assert tool_texts[3] == "Answer recorded." and trajectory.reward == 0.0
     assert env.stats["tool_errors"]["raised"] == 1 and env.stats["tool_errors"]["unknown_tool"] == 1
     assert env.stats["parse_errors"] == 1
+    # close() frees the workbook's DuckDB connection now, not when the environment is collected.
+    sheet = next(t for t in env.toolbox.tools if t.name == "query").fn.__self__
+    env.close()
+    with pytest.raises(Exception):
+        sheet.run_sql("SELECT 1")
 
 
 def test_the_outcome_reward_checks_the_final_answer_with_its_kind():

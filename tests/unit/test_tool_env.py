@@ -92,6 +92,17 @@ def test_tool_calls_then_finish_tool_ends_and_scores_the_answer():
                          "finished_by": {"answer": 1, "message": 0}}
 
 
+def test_close_frees_the_tasks_resources_once_and_keeps_the_answer():
+    closed = []
+    task = SumTask()
+    env = ToolEnvironment(prompt=task.prompt, tools=task.tools, score=task.score, close=lambda: closed.append(1))
+    run_episode(env, ROW, scripted(call("answer", answer="42")), encode, max_turns=5)
+    env.close()
+    env.close()
+    assert closed == [1] and env.toolbox is None and env.final_answer == "42"
+    ToolEnvironment(task).close()  # a task without close: nothing to free
+
+
 def test_tool_schemas_after_reset_include_the_finish_tool():
     env = ToolEnvironment(SumTask())
     assert env.tool_schemas is None

@@ -91,10 +91,12 @@ def environment_spec(env_cfg) -> EnvironmentSpec:
 
 def make_environment(row: Mapping[str, Any], options: SpreadsheetOptions, *, parser: str = "hermes",
                      timeout_s: float = 10.0) -> ToolEnvironment:
-    """One episode's environment for a task row."""
+    """One episode's environment for a task row; `close()` closes the workbook's connection."""
+    opened: list[SpreadsheetTools] = []
 
     def tools(r: Mapping[str, Any]):
         sheet = SpreadsheetTools(r["file"], max_rows=options.max_rows)
+        opened.append(sheet)
         methods = {"list_sheets": sheet.list_sheets, "describe_sheet": sheet.describe_sheet,
                    "read_rows": sheet.read_rows, "query": sheet.query}
         return [tool_from_function(methods[name], interrupt=sheet.interrupt if name == "query" else None)
@@ -103,7 +105,12 @@ def make_environment(row: Mapping[str, Any], options: SpreadsheetOptions, *, par
     def score(r: Mapping[str, Any], final_answer: str | None, trajectory) -> float:
         return spreadsheet_reward(r.get("prompt"), final_answer or "", **{k: v for k, v in r.items() if k != "prompt"})
 
-    return ToolEnvironment(prompt=lambda r: r["prompt"], tools=tools, score=score, parser=parser, timeout_s=timeout_s)
+    def close() -> None:
+        while opened:
+            opened.pop().close()
+
+    return ToolEnvironment(prompt=lambda r: r["prompt"], tools=tools, score=score, close=close, parser=parser,
+                           timeout_s=timeout_s)
 
 
 def task_rows(source: str, split: str, seed: int, options: SpreadsheetOptions) -> list[dict] | None:
@@ -138,6 +145,8 @@ def expert_rows(rows: list[dict], options: SpreadsheetOptions, *, parser: str = 
     for row in rows:
         env = make_environment(row, options, parser=parser)
         env.reset(row)
+        schemas = env.tool_schemas
+        env.close()  # only its tool schemas were needed
         with SpreadsheetTools(row["file"], max_rows=options.max_rows) as sheet:
             messages = expert_messages(row, sheet)
         used = {c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
@@ -146,7 +155,7 @@ def expert_rows(rows: list[dict], options: SpreadsheetOptions, *, parser: str = 
             raise ValueError(f"task {row.get('id')}: the expert calls {sorted(missing)}, which env.options.tools "
                              f"leaves out")
         out.append({**{k: v for k, v in row.items() if k != "prompt"}, "messages": messages,
-                    "tools": env.tool_schemas})
+                    "tools": schemas})
     return out
 
 

@@ -51,9 +51,14 @@ def play_episodes(engine: Engine, make_env: Callable[[dict], Environment], token
     prompt_index = [i for i in range(len(rows)) for _ in range(sampling.n)]
     flat_rows = [rows[i] for i in prompt_index]
     envs = [make_env(row) for row in flat_rows]
-    trajectories, stats = run_episodes(envs, flat_rows, engine, tokenizer, dataclasses.replace(sampling, n=1),
-                                       limits, encoder=encoder)
-    answers = [final_answer(env, t) for env, t in zip(envs, trajectories)]
+    try:
+        trajectories, stats = run_episodes(envs, flat_rows, engine, tokenizer, dataclasses.replace(sampling, n=1),
+                                           limits, encoder=encoder)
+        answers = [final_answer(env, t) for env, t in zip(envs, trajectories)]
+    finally:
+        for env in envs:  # their workbooks, connections, files: freed now, not when collected
+            if callable(getattr(env, "close", None)):
+                env.close()
     return prompt_index, flat_rows, trajectories, answers, stats
 
 
