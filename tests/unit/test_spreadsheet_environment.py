@@ -64,6 +64,25 @@ def test_the_scripted_expert_replayed_as_text_solves_its_tasks_through_the_envir
         assert env.stats["tool_calls"] == len(seen) + 1 and sum(env.stats["tool_errors"].values()) == 0
 
 
+@pytest.mark.parametrize("tools", [["describe_sheet", "query"], ["query"]])
+def test_with_fewer_tools_the_expert_skips_the_missing_ones_and_still_solves_every_task(tmp_path, monkeypatch, tools):
+    monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / "cache"))
+    spec = environment_spec(env_cfg(tmp_path, tools=tools, difficulty="medium"))
+    rows = spec.rows("builtin:spreadsheet", "train", 0)
+    for row, expert in zip(rows, spec.expert_rows(rows)):
+        called = [m["tool_calls"][0]["function"]["name"] for m in expert["messages"] if m.get("tool_calls")]
+        assert set(called) <= set(tools) | {"answer"} and called[-2:] == ["query", "answer"]
+        assert [t["function"]["name"] for t in expert["tools"]] == tools + ["answer"]
+        turns = iter(as_text(m) for m in expert["messages"] if m["role"] == "assistant")
+        env = spec.make(row)
+        trajectory = run_episode(env, row, lambda m: SimpleNamespace(text=next(turns), token_ids=[1], logprobs=[0.0]),
+                                 lambda history, new: [7], max_turns=8)
+        assert trajectory.reward == 1.0, row["question"]
+    without_query = environment_spec(env_cfg(tmp_path, tools=["list_sheets", "describe_sheet"]))
+    with pytest.raises(ValueError, match="answers through `query`"):
+        without_query.expert_rows(rows[:1])
+
+
 def test_tool_mistakes_become_observations_and_a_wrong_answer_scores_zero(spec):
     row = spec.rows("builtin:spreadsheet", "train", 0)[0]
     turns = iter(['<tool_call>\n{"name": "query", "arguments": {"sql": "DROP TABLE x"}}\n</tool_call>',

@@ -27,7 +27,7 @@ from posttrain.agents.tools import tool_from_function
 from posttrain.cache import cache_dir
 from posttrain.envs.registry import EnvironmentSpec
 from posttrain.envs.spreadsheet.answers import answer_matches
-from posttrain.envs.spreadsheet.expert import expert_messages, queries_equivalent
+from posttrain.envs.spreadsheet.expert import EXPLORING_TOOLS, expert_messages, queries_equivalent
 from posttrain.envs.spreadsheet.tasks import SpreadsheetTask, generate_tasks, load_tasks, prompt_messages
 from posttrain.envs.spreadsheet.tools import SpreadsheetTools
 from posttrain.envs.spreadsheet.workbook import WorkbookSpec
@@ -140,20 +140,19 @@ def task_row(task: SpreadsheetTask) -> dict:
 
 def expert_rows(rows: list[dict], options: SpreadsheetOptions, *, parser: str = "hermes") -> list[dict]:
     """The scripted expert's trajectory on each task, as chat records with the episode's tool schemas
-    (exactly those the environment shows the model, the finish tool included)."""
+    (exactly those the environment shows the model, the finish tool included); it uses only the
+    tools offered (`options.tools`), and needs `query`."""
     out = []
     for row in rows:
         env = make_environment(row, options, parser=parser)
         env.reset(row)
         schemas = env.tool_schemas
         env.close()  # only its tool schemas were needed
+        if "query" not in options.tools:
+            raise ValueError(f"task {row.get('id')}: the scripted expert answers through `query`, which "
+                             f"env.options.tools {list(options.tools)} leaves out")
         with SpreadsheetTools(row["file"], max_rows=options.max_rows) as sheet:
-            messages = expert_messages(row, sheet)
-        used = {c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
-        missing = used - set(options.tools) - {"answer"}
-        if missing:
-            raise ValueError(f"task {row.get('id')}: the expert calls {sorted(missing)}, which env.options.tools "
-                             f"leaves out")
+            messages = expert_messages(row, sheet, explore=tuple(t for t in EXPLORING_TOOLS if t in options.tools))
         out.append({**{k: v for k, v in row.items() if k != "prompt"}, "messages": messages,
                     "tools": schemas})
     return out

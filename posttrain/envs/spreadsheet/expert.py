@@ -5,7 +5,9 @@ The expert solves a generated task by really calling the tools along the task's 
 with the value read back from the query's printed output (not from the task's stored answer), so
 every trajectory is one a model could have produced from what it saw, and a test that the
 expert's answers match proves the tools print enough to answer. Easy tasks take 4 calls
-(one sheet), joins 5.
+(one sheet), joins 5. With fewer tools offered (`env.options.tools`) the expert skips the
+exploring calls it does not have: questions name their sheets and columns, so ``query`` and
+``answer`` alone still solve every task.
 
 The conversation is in Hugging Face chat format: assistant turns carry ``tool_calls`` with
 ``arguments`` as a dict (what chat templates expect) and empty ``content``; each call is answered
@@ -27,14 +29,18 @@ from typing import Any, Mapping
 from posttrain.envs.spreadsheet.tasks import SpreadsheetTask, prompt_messages
 from posttrain.envs.spreadsheet.tools import SpreadsheetTools
 
-__all__ = ["answer_from_output", "expert_messages", "queries_equivalent"]
+__all__ = ["EXPLORING_TOOLS", "answer_from_output", "expert_messages", "queries_equivalent"]
+
+EXPLORING_TOOLS = ("list_sheets", "describe_sheet")  # what the expert calls before its query, when offered
 
 _MAX_COMPARED_ROWS = 10_000
 _EQUAL_REL_TOL = 1e-6
 
 
-def expert_messages(task: SpreadsheetTask | Mapping[str, Any], tools: SpreadsheetTools) -> list[dict[str, Any]]:
-    """The expert's whole conversation for `task` on `tools` (the task's workbook).
+def expert_messages(task: SpreadsheetTask | Mapping[str, Any], tools: SpreadsheetTools, *,
+                    explore: tuple[str, ...] = EXPLORING_TOOLS) -> list[dict[str, Any]]:
+    """The expert's whole conversation for `task` on `tools` (the task's workbook), calling the
+    exploring tools in `explore` (a subset of EXPLORING_TOOLS) before its query.
 
     Raises ValueError naming the task when it has no plan (users' own tasks have none) or when a
     planned call fails (a plan that does not fit the workbook).
@@ -54,9 +60,14 @@ def expert_messages(task: SpreadsheetTask | Mapping[str, Any], tools: Spreadshee
         messages.append({"role": "tool", "name": name, "content": output})
         return output
 
-    call("list_sheets")
-    for sheet in plan["sheets"]:
-        call("describe_sheet", sheet=sheet)
+    unknown = sorted(set(explore) - set(EXPLORING_TOOLS))
+    if unknown:
+        raise ValueError(f"expert_messages explore: unknown tools {unknown}; valid: {list(EXPLORING_TOOLS)}")
+    if "list_sheets" in explore:
+        call("list_sheets")
+    if "describe_sheet" in explore:
+        for sheet in plan["sheets"]:
+            call("describe_sheet", sheet=sheet)
     output = call("query", sql=plan["sql"])
     answer = answer_from_output(output, get("answer_kind"))
     tools.answer(answer)
