@@ -59,6 +59,16 @@ PRESETS: dict[str, dict[str, int | bool]] = {
         "max_position_embeddings": 2048,
         "tie_word_embeddings": True,
     },
+    # The agentic comparison's larger model (~2.2× agent's parameters and compute), trained alongside it.
+    "agent-large": {
+        "hidden_size": 192,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 768,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
+    },
     "small": {
         "hidden_size": 384,
         "num_hidden_layers": 6,
