@@ -28,6 +28,7 @@ RewardFn = Callable[..., Optional[float]]
 BUILTIN_REWARDS = {
     "arithmetic": "posttrain.envs.arithmetic:arithmetic_reward",
     "math": "posttrain.verifiers.math:math_reward",
+    "math_lenient": "posttrain.verifiers.math:math_lenient_reward",
     "code": "posttrain.verifiers.code:code_reward",
     "tag_format": "posttrain.verifiers.format:tag_format_reward",
     "reasoning_gym": "posttrain.envs.reasoning_gym:reasoning_gym_reward",

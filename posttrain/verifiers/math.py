@@ -13,12 +13,30 @@ killed, scored 0.0 and counted in `MathVerifier.counts["timed_out"]`.
 Scores: 1.0 if the completion's answer equals the gold answer, 0.0 if it differs or nothing
 parsable is found in the completion, None ("not scorable", excluded and counted by the
 caller) if the *gold* answer cannot be parsed -- a data problem, not the model's fault.
+
+What the final answer is (strict, the default; `final_answer_text`):
+- when the completion has any ``\boxed{...}`` (or ``\fbox``): the LAST box, unwrapped when
+  boxes are nested. Earlier boxes are drafts: ``\boxed{3} ... no, \boxed{4}`` answers 4, as
+  most graders read it. An empty last box is no answer (an empty ``\boxed{}`` followed by the
+  right number in prose scores 0).
+- otherwise: the text after the last "answer is" / "answer:", else the last sentence.
+- a final answer that offers alternatives is a hedge and scores 0: "or" / "either" / ``\lor``
+  inside it ("the answer is 3 or 4", "so 3 or 4", ``\boxed{3 \text{ or } 4}``), or a last box
+  joined to the one before by "or" or nothing but punctuation (``\boxed{3} or \boxed{4}``).
+  An RL policy learns to hedge when hedging pays; a set of solutions is written as a list
+  (``\boxed{2, 3}``), which math_verify compares as a set.
+Lenient mode (`math_lenient` reward, `strict=False`) is math_verify on the whole completion,
+with none of these rules. Both keep math_verify's own equivalences: 3/4 = 0.75, "1,000" = 1000,
+a unicode minus, units in ``\text{}`` dropped, a percent equal to its number or its fraction
+(``50\%`` matches both 50 and 0.5), intervals by their bounds.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
+import re
 import threading
 from collections import Counter
 from typing import Any, Callable, Sequence
@@ -45,8 +63,52 @@ def parse_gold(answer: Any) -> list:
     return gold
 
 
-def score_math(completion: str, answer: Any) -> float | None:
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_HEDGE = re.compile(r"\b(?:or|either)\b|\\lor\b|\\vee\b", re.IGNORECASE)
+_ANSWER_MARK = re.compile(r"answer\s*(?:is|:)", re.IGNORECASE)
+_JOINER = re.compile(r"^[\s$.,;:]*(?:or\b)?[\s$.,;:]*$", re.IGNORECASE)
+
+
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """Top-level boxes as (start, end, content), braces matched (an unclosed box runs to the end)."""
+    found, at = [], 0
+    while (match := _BOX.search(text, at)) is not None:
+        depth, i = 1, match.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        found.append((match.start(), i, text[match.end():i - 1 if depth == 0 else i]))
+        at = i
+    return found
+
+
+def final_answer_text(completion: str) -> tuple[str | None, bool]:
+    """(the final answer's text, hedged) under the strict rules of the module docstring; the text
+    is None when the completion gives no answer (an empty last box)."""
+    boxes = _boxes(completion)
+    if boxes:
+        start, _, content = boxes[-1]
+        while (inner := _boxes(content)) and len(inner) == 1 and not content[:inner[0][0]].strip():
+            content = inner[0][2]  # \boxed{\boxed{4}}
+        joined = len(boxes) > 1 and bool(_JOINER.match(completion[boxes[-2][1]:start]))
+        content = content.strip()
+        return (content or None), joined or bool(_HEDGE.search(content))
+    marks = list(_ANSWER_MARK.finditer(completion))
+    if marks:
+        segment = completion[marks[-1].end():]
+    else:
+        sentences = [p for p in re.split(r"(?<=[.!?])\s+|\n+", completion.strip()) if p.strip()]
+        segment = sentences[-1] if sentences else ""
+    segment = segment.strip()
+    return (segment or None), bool(_HEDGE.search(segment))
+
+
+def score_math(completion: str, answer: Any, *, strict: bool = True) -> float | None:
     """Score one completion in this process, with no timeout (see `MathVerifier` for that).
+
+    Args:
+        strict: the final-answer rules of the module docstring (last box, no hedging); False
+            parses the whole completion with math_verify.
 
     Returns:
         1.0 / 0.0, or None if the gold `answer` cannot be parsed.
@@ -56,7 +118,14 @@ def score_math(completion: str, answer: Any) -> float | None:
     gold = parse_gold(answer)
     if not gold:
         return None
-    pred = _parse(str(completion))
+    text = str(completion)
+    if strict:
+        final, hedged = final_answer_text(text)
+        if final is None or hedged:
+            return 0.0
+        # The box's content alone, inside $...$ so bare LaTeX parses; prose keeps its sentence.
+        text = f"${final}$" if _boxes(text) else final
+    pred = _parse(text)
     if not pred:
         return 0.0
     return 1.0 if verify(gold, pred, timeout_seconds=None) else 0.0
@@ -76,7 +145,8 @@ class MathVerifier:
         timeout_s: seconds one item may take before its worker is killed and it scores 0.0.
         num_workers: worker processes; a batch is spread across them.
         scorer: ``(completion, answer) -> float | None`` run in the workers (picklable);
-            defaults to `score_math`.
+            defaults to `score_math` (strict, or lenient with ``strict=False``).
+        strict: the final-answer rules of the module docstring, for the default scorer.
         mp_context: multiprocessing start method (see `WorkerPool`).
 
     As a reward function: ``verifier(prompt, completion, answer=..., **row)``. For many items
@@ -91,10 +161,12 @@ class MathVerifier:
         *,
         timeout_s: float = 5.0,
         num_workers: int = 1,
-        scorer: Callable[[str, Any], float | None] = score_math,
+        scorer: Callable[[str, Any], float | None] | None = None,
+        strict: bool = True,
         mp_context: str = "spawn",
     ) -> None:
-        initializer = _init_math_worker if scorer is score_math else None
+        initializer = _init_math_worker if scorer is None else None
+        scorer = scorer or (score_math if strict else functools.partial(score_math, strict=False))
         self._pool = WorkerPool(
             scorer, num_workers=num_workers, timeout_s=timeout_s, initializer=initializer, mp_context=mp_context
         )
@@ -144,22 +216,23 @@ class MathVerifier:
         return 0.0
 
 
-_default: MathVerifier | None = None
+_defaults: dict[bool, MathVerifier] = {}
 _default_lock = threading.Lock()
 
 
-def default_math_verifier() -> MathVerifier:
-    """The shared verifier behind `math_reward`: one worker, 5 s timeout, started on first use."""
-    global _default
+def default_math_verifier(strict: bool = True) -> MathVerifier:
+    """The shared verifier behind `math_reward` (strict) or `math_lenient_reward`: one worker,
+    5 s timeout, started on first use."""
     with _default_lock:
-        if _default is None:
-            _default = MathVerifier()
-            atexit.register(_default.close)
-        return _default
+        if strict not in _defaults:
+            _defaults[strict] = MathVerifier(strict=strict)
+            atexit.register(_defaults[strict].close)
+        return _defaults[strict]
 
 
 def math_reward(prompt: Any, completion: str, answer: Any = None, **row: Any) -> float | None:
-    """Reward function: 1.0 if `completion`'s final answer equals `answer`, else 0.0.
+    """Reward function: 1.0 if `completion`'s final answer (strict rules: the last box, no
+    hedging) equals `answer`, else 0.0.
 
     Runs in the shared worker process of `default_math_verifier` (5 s timeout per item). None
     if `answer` cannot be parsed. Build your own `MathVerifier` for other timeouts or more
@@ -168,11 +241,23 @@ def math_reward(prompt: Any, completion: str, answer: Any = None, **row: Any) ->
     return default_math_verifier()(prompt, completion, answer, **row)
 
 
+def math_lenient_reward(prompt: Any, completion: str, answer: Any = None, **row: Any) -> float | None:
+    """`math_reward` without the strict final-answer rules: math_verify on the whole completion
+    (hedges and empty boxes can pay; for evaluating other graders' conventions, not for RL)."""
+    return default_math_verifier(strict=False)(prompt, completion, answer, **row)
+
+
 def _math_reward_batch(prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict]) -> list[Outcome]:
     return default_math_verifier().batch(prompts, completions, rows)
 
 
+def _math_lenient_batch(prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict]) -> list[Outcome]:
+    return default_math_verifier(strict=False).batch(prompts, completions, rows)
+
+
 # `RewardRunner` looks for a `batch` attribute and, when present, scores a whole batch at once.
 math_reward.batch = _math_reward_batch  # type: ignore[attr-defined]
+math_lenient_reward.batch = _math_lenient_batch  # type: ignore[attr-defined]
 # The dataset column it needs (`posttrain.rewards.check_reward_columns` checks prompt files for it).
 math_reward.required_columns = ("answer",)  # type: ignore[attr-defined]
+math_lenient_reward.required_columns = ("answer",)  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from posttrain.verifiers.math import MathVerifier, math_reward, parse_gold, score_math
+from posttrain.verifiers.math import MathVerifier, final_answer_text, math_lenient_reward, math_reward, parse_gold, score_math
 
 
 @pytest.mark.parametrize(
@@ -24,6 +24,64 @@ from posttrain.verifiers.math import MathVerifier, math_reward, parse_gold, scor
 )
 def test_score_math(completion, answer, expected):
     assert score_math(completion, answer) == expected
+
+
+# Strict final-answer rules (the module docstring): each row is (completion, gold, strict score,
+# lenient score), the lenient column being math_verify on the whole completion.
+TRAPS = [
+    # hedges: several final answers offered
+    ("The answer is 3 or 4", "4", 0.0, 0.0),
+    ("Adding them up, so 3 or 4", "4", 0.0, 1.0),
+    ("Either 4 or 5.", "4", 0.0, 0.0),
+    (r"\boxed{3 \text{ or } 4}", "4", 0.0, 0.0),
+    (r"\boxed{3} or \boxed{4}", "4", 0.0, 0.0),
+    (r"\boxed{3}, \boxed{4}", "4", 0.0, 0.0),
+    (r"$\boxed{x \lor y}$", "x", 0.0, 0.0),
+    # an empty box is no answer, whatever the prose says after it
+    (r"\boxed{} so it is 4", "4", 0.0, 1.0),
+    # several boxes: the last one is the answer
+    (r"\boxed{3} wait, no: 2 + 2 is \boxed{4}", "4", 1.0, 0.0),
+    (r"\boxed{4} hmm, actually \boxed{3}", "4", 0.0, 0.0),
+    (r"\boxed{\boxed{4}}", "4", 1.0, 1.0),  # nested
+    (r"the sum is \boxed{4", "4", 1.0, 0.0),  # unclosed: runs to the end
+    # without a box: after the last "answer is", else the last sentence
+    ("2 + 2 makes 4. So the answer is: 4", "4", 1.0, 1.0),
+    ("It is 4, not 3.", "4", 0.0, 0.0),
+    ("x = 4", "4", 1.0, 1.0),
+    # math_verify's equivalences, kept in both modes
+    (r"\boxed{3/4}", "0.75", 1.0, 1.0),
+    (r"\boxed{1,000}", "1000", 1.0, 1.0),  # thousands separator
+    (r"\boxed{50\%}", "0.5", 1.0, 1.0),  # percent as a fraction...
+    (r"\boxed{50\%}", "50", 1.0, 1.0),  # ...and as its number
+    ("\\boxed{\u22123}", "-3", 1.0, 1.0),  # unicode minus
+    (r"\boxed{10 \text{ cm}}", "10", 1.0, 1.0),  # units
+    (r"\boxed{(1, 2]}", "(1,2]", 1.0, 1.0),  # intervals by their bounds
+    (r"\boxed{[1, 2]}", "(1,2]", 0.0, 0.0),
+    (r"\boxed{3, 2}", "$2, 3$", 1.0, 1.0),  # a set of solutions is a list, not a disjunction
+]
+
+
+@pytest.mark.parametrize("completion, answer, strict, lenient", TRAPS)
+def test_final_answer_traps(completion, answer, strict, lenient):
+    assert score_math(completion, answer) == strict
+    assert score_math(completion, answer, strict=False) == lenient
+
+
+def test_the_final_answer_is_the_last_box_or_the_answer_sentence():
+    assert final_answer_text(r"\boxed{1} then \boxed{\boxed{ 2 }}") == ("2", False)
+    assert final_answer_text(r"\boxed{1} or \boxed{2}") == ("2", True)
+    assert final_answer_text(r"\boxed{ }") == (None, False)
+    assert final_answer_text("We add. The answer is 5 or so") == ("5 or so", True)
+    assert final_answer_text("First 2.\nThen 7") == ("Then 7", False)
+    assert final_answer_text("") == (None, False)
+
+
+def test_the_lenient_reward_is_registered_and_keeps_the_old_reading():
+    from posttrain.rewards import resolve_reward
+
+    assert resolve_reward("math_lenient") is math_lenient_reward
+    assert math_lenient_reward(None, r"\boxed{} so it is 4", answer="4") == 1.0
+    assert math_reward(None, r"\boxed{} so it is 4", answer="4") == 0.0
 
 
 def test_gold_goes_first():
