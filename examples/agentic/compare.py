@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.loads((out / run / "summary.json").read_text())
         scores = first if run == "sft" else evaluate(Path(summary["model_dir"]), out, env, scale, args.seed)
         records.append({"method": method, "run": run, **scores, **spent(out / run, summary), "seconds": round(seconds, 1),
-                        "parameters": count_parameters(Path(summary["model_dir"]))})
+                        "parameters": count_parameters(Path(summary["model_dir"])),
+                        "turn_accuracy": turn_accuracy(Path(summary["model_dir"]), env, args.seed)})
     (out / "comparison.json").write_text(json.dumps(records, indent=2) + "\n")
     (out / "comparison.md").write_text(table(records, args.scale, timings))
     plot(records, out / "comparison.png")
@@ -216,6 +217,37 @@ def evaluate(model_dir: Path, out: Path, env: dict, scale: dict, seed: int) -> d
             "ood_accuracy": ood["eval/accuracy_greedy"]}
 
 
+def turn_accuracy(model_dir: Path, env: dict, seed: int, tasks: int = 40) -> dict:
+    """Where a model fails: its greedy action at each expert state of `tasks` held-out tasks
+    (one turn, teacher-forced history), scored by PivotRL's functional verifier, per tool."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from posttrain.engines.base import SamplingParams
+    from posttrain.engines.factory import build_engine
+    from posttrain.envs.registry import environment_spec
+    from posttrain.envs.spreadsheet.environment import spreadsheet_action_reward
+    from posttrain.pivot.candidates import extract_candidates
+    from posttrain.pivot.reward import candidate_row
+
+    spec = environment_spec(SimpleNamespace(name="spreadsheet", parser="hermes", tool_timeout_s=10.0, options=env))
+    candidates = extract_candidates(spec.expert_rows(spec.rows("builtin:spreadsheet", "test", seed)[:tasks]))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    engine = build_engine("hf", AutoModelForCausalLM.from_pretrained(model_dir).eval(), tokenizer)
+    prompts = [list(tokenizer.apply_chat_template(c.state, tools=c.tools, add_generation_prompt=True,
+                                                  tokenize=True, return_dict=True)["input_ids"]) for c in candidates]
+    outputs = engine.generate(prompts, SamplingParams(n=1, max_new_tokens=96, temperature=0.0))
+    engine.close()
+    scores = defaultdict(list)
+    for candidate, output in zip(candidates, outputs):
+        row = {k: v for k, v in candidate_row(candidate).items() if k != "prompt"}
+        tool = candidate.action["tool_calls"][0]["name"] if candidate.action.get("tool_calls") else "message"
+        scores[tool].append(spreadsheet_action_reward(None, output[0].text, **row))
+    return {tool: round(sum(v) / len(v), 3) for tool, v in scores.items()}
+
+
 def spent(run_dir: Path, summary: dict) -> dict:
     """Rollout turns, generated tokens and training FLOPs of a run, from its metrics and ledger."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -245,6 +277,10 @@ def table(records: list[dict], scale: str, timings: dict) -> str:
         lines.append(f"| {r['method']} | {r['parameters'] / 1e6:.1f} M | {r['success']:.1%} | {r['success_sampled']:.1%} "
                      f"| {r['turns_per_episode']:.2f} | {r['ood_accuracy']:.1%} | {r['rollout_turns']:,} "
                      f"| {r['generated_tokens']:,} | {r['flops']:.3g} | {r['seconds']:.0f} |")
+    lines += ["", "Greedy action accuracy per expert turn on held-out tasks (teacher-forced history, PivotRL's "
+              "functional verifier): " + "; ".join(
+                  f"{r['method']}: " + ", ".join(f"{tool} {acc:.0%}" for tool, acc in r.get("turn_accuracy", {}).items())
+                  for r in records)]
     return "\n".join(lines) + "\n"
 
 
