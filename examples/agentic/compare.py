@@ -40,7 +40,7 @@ SCALES = {
     "smoke": dict(num_train=8, num_eval=4, arithmetic_train=40, arithmetic_eval=8, pretrain_steps=2, sft_steps=4,
                   large_sft_steps=2, rl_steps=2, pivot_steps=2, pivot_tasks=4, prompts=2, samples=2, k=2,
                   max_new_tokens=48, max_turns=5),
-    "reference": dict(num_train=800, num_eval=50, arithmetic_train=370, arithmetic_eval=30, pretrain_steps=300,
+    "reference": dict(num_train=800, num_eval=50, arithmetic_train=370, arithmetic_eval=30, pretrain_steps=600,
                       sft_steps=400, large_sft_steps=400, rl_steps=20, pivot_steps=20, pivot_tasks=32, prompts=8,
                       samples=8, k=8, max_new_tokens=64, max_turns=6),
 }
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def pretrained(name: str, model: Path) -> Path:
         summary = sft(out, name, model, data["drills"], scale["pretrain_steps"], args.seed, args.skip_sft,
-                      sequences=32, max_length=256)
+                      sequences=32, max_length=384)
         timings[name] = summary["seconds"]
         return Path(summary["model_dir"])
 

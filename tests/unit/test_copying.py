@@ -14,9 +14,10 @@ def test_words_are_the_corpus_tokens_without_punctuation_around_them():
 
 
 def test_repeat_drills_ask_for_the_words_and_look_ups_for_the_keys_value():
-    rows = copy_drill_rows(WORDS, 40, seed=3, min_words=3, max_words=6)
-    assert rows == copy_drill_rows(WORDS, 40, seed=3, min_words=3, max_words=6)
-    assert rows != copy_drill_rows(WORDS, 40, seed=4, min_words=3, max_words=6)
+    kinds = ("repeat", "look_up")
+    rows = copy_drill_rows(WORDS, 40, seed=3, min_words=3, max_words=6, kinds=kinds)
+    assert rows == copy_drill_rows(WORDS, 40, seed=3, min_words=3, max_words=6, kinds=kinds)
+    assert rows != copy_drill_rows(WORDS, 40, seed=4, min_words=3, max_words=6, kinds=kinds)
     for i, row in enumerate(rows):
         user, answer = (m["content"] for m in row["messages"])
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
@@ -30,8 +31,16 @@ def test_repeat_drills_ask_for_the_words_and_look_ups_for_the_keys_value():
             assert table[key] == answer
 
 
+def test_the_default_is_repeats_only():
+    rows = copy_drill_rows(WORDS, 6, seed=0, max_words=10)
+    assert all(r["messages"][0]["content"].startswith("Repeat: ") for r in rows)
+    assert all(6 <= len(r["messages"][1]["content"].split()) <= 10 for r in rows)
+
+
 def test_too_few_words_or_bad_lengths_are_refused():
-    with pytest.raises(ValueError, match="at least 10 distinct words"):
+    with pytest.raises(ValueError, match="at least 14 distinct words"):
         copy_drill_rows(["a", "b"], 4)
+    with pytest.raises(ValueError, match="kinds"):
+        copy_drill_rows(WORDS, 4, max_words=10, kinds=("echo",))
     with pytest.raises(ValueError, match="min_words <= max_words"):
         copy_drill_rows(WORDS, 4, min_words=5, max_words=4)
