@@ -11,8 +11,8 @@ Two kinds, over words drawn from a corpus (so the drilled tokens are the task's 
     repeat:  "Repeat: Orders P07 2024-08-14 ..."               → "Orders P07 2024-08-14 ..."
     look up: "Price = 15\nCategory = Tools\nValue of Category?" → "Tools"
 Rows are SFT chat records; the loss is on the assistant turn only. The default is repeats of
-6-14 words alone: on the `agent` preset (AVX2 EPYC, 32 drills a step, lr 3e-3 cosine) their
-held-out loss fell 6.84 → 1.61 → 0.73 → 0.19 → 0.16 at steps 0/150/300/450/600 — the copying
+6-14 words alone: on the `agent` preset (2-core AMD EPYC, AVX512 capability; 32 drills a step,
+lr 3e-3 cosine) their held-out loss fell 6.84 → 1.61 → 0.73 → 0.19 → 0.16 at steps 0/150/300/450/600 — the copying
 plateau and its drop — while 300 steps of shorter repeats (3-10 words) mixed half and half with
 look-ups stayed at 1.42, and SFT on that base still could not copy a query's result into its answer.
 """

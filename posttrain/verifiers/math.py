@@ -85,6 +85,12 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
 def final_answer_text(completion: str) -> tuple[str | None, bool]:
     """(the final answer's text, hedged) under the strict rules of the module docstring; the text
     is None when the completion gives no answer (an empty last box)."""
+    text, hedged, _ = _final_answer(completion)
+    return text, hedged
+
+
+def _final_answer(completion: str) -> tuple[str | None, bool, bool]:
+    """`final_answer_text` plus whether the answer came from a box."""
     boxes = _boxes(completion)
     if boxes:
         start, _, content = boxes[-1]
@@ -92,7 +98,7 @@ def final_answer_text(completion: str) -> tuple[str | None, bool]:
             content = inner[0][2]  # \boxed{\boxed{4}}
         joined = len(boxes) > 1 and bool(_JOINER.match(completion[boxes[-2][1]:start]))
         content = content.strip()
-        return (content or None), joined or bool(_HEDGE.search(content))
+        return (content or None), joined or bool(_HEDGE.search(content)), True
     marks = list(_ANSWER_MARK.finditer(completion))
     if marks:
         segment = completion[marks[-1].end():]
@@ -100,7 +106,7 @@ def final_answer_text(completion: str) -> tuple[str | None, bool]:
         sentences = [p for p in re.split(r"(?<=[.!?])\s+|\n+", completion.strip()) if p.strip()]
         segment = sentences[-1] if sentences else ""
     segment = segment.strip()
-    return (segment or None), bool(_HEDGE.search(segment))
+    return (segment or None), bool(_HEDGE.search(segment)), False
 
 
 def score_math(completion: str, answer: Any, *, strict: bool = True) -> float | None:
@@ -120,11 +126,11 @@ def score_math(completion: str, answer: Any, *, strict: bool = True) -> float | 
         return None
     text = str(completion)
     if strict:
-        final, hedged = final_answer_text(text)
+        final, hedged, boxed = _final_answer(text)
         if final is None or hedged:
             return 0.0
         # The box's content alone, inside $...$ so bare LaTeX parses; prose keeps its sentence.
-        text = f"${final}$" if _boxes(text) else final
+        text = f"${final}$" if boxed else final
     pred = _parse(text)
     if not pred:
         return 0.0

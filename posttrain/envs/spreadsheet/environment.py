@@ -142,17 +142,18 @@ def expert_rows(rows: list[dict], options: SpreadsheetOptions, *, parser: str = 
     """The scripted expert's trajectory on each task, as chat records with the episode's tool schemas
     (exactly those the environment shows the model, the finish tool included); it uses only the
     tools offered (`options.tools`), and needs `query`."""
+    if rows and "query" not in options.tools:
+        raise ValueError(f"task {rows[0].get('id')}: the scripted expert answers through `query`, which "
+                         f"env.options.tools {list(options.tools)} leaves out")
+    explore = tuple(t for t in EXPLORING_TOOLS if t in options.tools)
     out = []
     for row in rows:
         env = make_environment(row, options, parser=parser)
         env.reset(row)
         schemas = env.tool_schemas
         env.close()  # only its tool schemas were needed
-        if "query" not in options.tools:
-            raise ValueError(f"task {row.get('id')}: the scripted expert answers through `query`, which "
-                             f"env.options.tools {list(options.tools)} leaves out")
         with SpreadsheetTools(row["file"], max_rows=options.max_rows) as sheet:
-            messages = expert_messages(row, sheet, explore=tuple(t for t in EXPLORING_TOOLS if t in options.tools))
+            messages = expert_messages(row, sheet, explore=explore)
         out.append({**{k: v for k, v in row.items() if k != "prompt"}, "messages": messages,
                     "tools": schemas})
     return out
