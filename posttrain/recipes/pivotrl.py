@@ -38,6 +38,7 @@ from posttrain.recipes.rl.config import AlgorithmConfig, RLConfig
 from posttrain.recipes.rl.evaluation import evaluate_prompts, rl_eval_reward_runner
 from posttrain.recipes.rl.grpo import load_policy, train_on_batch
 from posttrain.recipes.rl.multi_turn import episode_limits
+from posttrain.recipes.rl.rewards import check_sandbox
 from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
 from posttrain.rewards import resolve_reward
 from posttrain.training.loop import TrainingLoop, set_seed, start_run, warn_to
@@ -93,6 +94,7 @@ def train(cfg: PivotRLConfig) -> dict:
     spec = environment_spec(cfg.env)
     verifier_name = cfg.pivot.reward or spec.action_reward
     warn = warn_to(run)
+    check_sandbox(cfg, [verifier_name, cfg.eval.reward or ""])
     with run, RewardRunner({verifier_name: resolve_reward(verifier_name)}, on_error=cfg.reward.on_error,
                            timeout_s=cfg.reward.timeout_s, warn=warn) as verifier, \
             rl_eval_reward_runner(cfg, warn=warn) as task_success:

@@ -1,28 +1,41 @@
-"""Code rewards: run a completion's Python against unit tests in the sandbox.
+"""Code rewards: run a completion's Python against tests in the sandbox.
 
-The completion's code (its last ```python fenced block, else the whole text) is saved as
-``solution.py`` beside a small harness (`_HARNESS`) and the tests. In one sandboxed process the
-harness
+Two shapes of ``tests``:
 
-1. reads a random nonce from stdin (a pipe: once read, gone) and puts /dev/null in its place;
-2. reads the tests, and keeps its own references to ``exec``, ``compile`` and ``os.write``, so
-   that the solution can neither rewrite the tests on disk nor monkeypatch the machinery;
-3. executes the solution (as module ``solution``, so its ``if __name__ == "__main__"`` block
-   stays quiet);
-4. runs each test in the solution's namespace, each with its own alarm-based time limit;
-5. writes one line ``<nonce> <bits>`` (``1`` = passed) straight to file descriptor 1 and exits
-   with status 0 at once, skipping any ``atexit`` handler the solution registered.
+* **input/output** (``[{"input": "1 2\n", "output": "3"}, ...]``, the format of competitive-
+  programming sets): the solution runs as a program, once per test, with the input on stdin; its
+  stdout is compared HERE, outside the sandbox -- as text (trailing whitespace ignored), or, when
+  ``output`` is not a string, as JSON parsed here. The tests never enter the sandbox and the
+  solution has no verdict to forge or objects to compare: the safest shape, use it when you can.
+* **assert-style** (a list of strings of test code, or one string): the completion's code is
+  saved as ``solution.py`` and a small harness (`_HARNESS`) runs it in one sandboxed process:
 
-The parent trusts nothing else: the process must exit with status 0 in time, and the LAST line
-of stdout must be the only one carrying the nonce, with one bit per test. A printed "all tests
-passed", an early ``sys.exit(0)`` or ``os._exit(0)``, or a crash all score 0. Known limit: the
-solution runs in the same interpreter, so code that digs the nonce out of the harness's memory
-(frame or ``gc`` introspection), or returns objects whose ``__eq__`` is always True, is not
-stopped; these rewards are for training, not for judging determined adversaries.
+  1. reads a random nonce and then the tests from stdin (a pipe: once read, gone -- the tests are
+     never on disk, so the solution cannot read them back), and puts /dev/null in its place;
+  2. keeps its own references to ``exec``, ``compile`` and ``os.write``, so that the solution
+     cannot monkeypatch the machinery;
+  3. executes the solution (as module ``solution``, so its ``if __name__ == "__main__"`` block
+     stays quiet);
+  4. runs each test in the solution's namespace, each with its own alarm-based time limit;
+  5. writes one line ``<nonce> <bits>`` (``1`` = passed) straight to file descriptor 1 and exits
+     with status 0 at once, skipping any ``atexit`` handler the solution registered.
+
+  The parent trusts nothing else: the process must exit with status 0 in time, and the LAST line
+  of stdout must be the only one carrying the nonce, with one bit per test; output after it
+  fails the run. A printed "all tests passed", an early ``sys.exit(0)`` or ``os._exit(0)``, or a
+  crash all score 0. Processes the solution leaves behind cannot write after the verdict: the
+  sandbox's PID namespace (or, as root, its per-run uid) has them killed when the harness exits.
+
+  Known limits of this shape, since the solution runs in the harness's interpreter: code that
+  digs the nonce or the tests out of the harness's memory (frame or ``gc`` introspection) can
+  forge a verdict, and a return value whose ``__eq__`` is always True passes ``assert f(x) ==
+  y``. These rewards are for training, not for judging determined adversaries; where a policy
+  learns such tricks, switch its data to input/output tests.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -48,18 +61,19 @@ def _on_alarm(signum, frame):
     raise _TestTimeout()
 
 def _main():
-    nonce = b""
-    while not nonce.endswith(b"\n"):
-        chunk = _read(0, 64)
+    received = b""
+    while True:  # the nonce line, then the tests as JSON: stdin is a pipe, so once read, gone
+        chunk = _read(0, 65536)
         if not chunk:
             break
-        nonce += chunk
+        received += chunk
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    with open("tests.json", encoding="utf-8") as f:
-        spec = json.load(f)
-    tests, per_test_s = spec["tests"], spec["per_test_timeout_s"]
+    nonce, _, spec = received.partition(b"\n")
+    spec = json.loads(spec)
+    received = None
+    tests, per_test_s = spec.pop("tests"), spec["per_test_timeout_s"]
     with open("solution.py", encoding="utf-8") as f:
         source = f.read()
     namespace = {"__name__": "solution", "__builtins__": __builtins__}
@@ -104,14 +118,53 @@ def extract_code(completion: str) -> str:
     return completion[body_start:close] if close != -1 else completion[body_start:]
 
 
-def _normalise_tests(tests: Any) -> list[str]:
+def _normalise_tests(tests: Any) -> list[str] | list[dict]:
     if isinstance(tests, str):
         tests = [tests]
+    if isinstance(tests, (list, tuple)) and tests and all(isinstance(t, dict) for t in tests):
+        for i, test in enumerate(tests):
+            if set(test) != {"input", "output"} or not isinstance(test["input"], str):
+                raise ValueError(f"field 'tests'[{i}]: an input/output test has exactly the keys 'input' (the "
+                                 f"program's stdin, a string) and 'output'; got keys {sorted(test)}")
+        return list(tests)
     if not isinstance(tests, (list, tuple)) or not all(isinstance(t, str) for t in tests):
-        raise TypeError(f"field 'tests' must be a list of strings or one string of test code, got {type(tests).__name__}")
+        raise TypeError("field 'tests' must be a list of strings (assert-style test code), one string, or a list "
+                        f"of {{'input': ..., 'output': ...}} objects, got {type(tests).__name__}")
     if not tests or not any(t.strip() for t in tests):
         raise ValueError("field 'tests' is empty")
     return list(tests)
+
+
+def _normalised_text(text: str) -> str:
+    """Output as competitive-programming judges compare it: trailing spaces and blank lines ignored."""
+    return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").rstrip().split("\n"))
+
+
+def io_output_matches(stdout: str, expected: Any) -> bool:
+    """Whether a program's `stdout` is the `expected` output, judged here, outside the sandbox.
+
+    A string is compared as text (`_normalised_text`); any other value is compared with the
+    program's output parsed as JSON -- plain values built by this process's parser, so no object
+    of the solution's (an ``__eq__`` that is always True) takes part."""
+    if isinstance(expected, str):
+        return _normalised_text(stdout) == _normalised_text(expected)
+    try:
+        value = json.loads(stdout)
+    except ValueError:
+        return False
+    return value == expected and isinstance(value, bool) == isinstance(expected, bool)  # true is not 1
+
+
+def _run_io_tests(code: str, tests: list[dict], limits: SandboxLimits, per_test_timeout_s: float) -> TestReport:
+    """Input/output tests: the solution runs as a program, once per test, with the test's input on
+    stdin; its stdout is judged here. The tests never enter the sandbox, and there is no verdict
+    for the solution to forge: its only say is what it prints."""
+    limits = dataclasses.replace(limits, timeout_s=min(limits.timeout_s, per_test_timeout_s))
+    passed, last = [], None
+    for test in tests:
+        last = run_python(code, stdin=test["input"], limits=limits)
+        passed.append(last.ok and io_output_matches(last.stdout, test["output"]))
+    return TestReport(tuple(passed), True, last)
 
 
 @dataclass(frozen=True)
@@ -146,9 +199,11 @@ def run_tests(
     tests = _normalise_tests(tests)
     if not per_test_timeout_s > 0:
         raise ValueError(f"per_test_timeout_s must be > 0, got {per_test_timeout_s}")
+    if isinstance(tests[0], dict):
+        return _run_io_tests(code, tests, limits or SandboxLimits(), per_test_timeout_s)
     nonce = secrets.token_hex(16)
     spec = json.dumps({"tests": tests, "per_test_timeout_s": float(per_test_timeout_s)})
-    result = run_python(_HARNESS, files={"solution.py": code, "tests.json": spec}, stdin=nonce + "\n",
+    result = run_python(_HARNESS, files={"solution.py": code}, stdin=nonce + "\n" + spec,
                         limits=limits or SandboxLimits())
     lines = result.stdout.rstrip("\n").split("\n")
     if result.ok and lines[-1].startswith(nonce + " ") and sum(nonce in line for line in lines) == 1:

@@ -1,4 +1,4 @@
-"""Math answers checked with `math_verify` (Hugging Face's Math-Verify), in worker processes.
+r"""Math answers checked with `math_verify` (Hugging Face's Math-Verify), in worker processes.
 
 `math_verify.verify(gold, pred)` is not symmetric (an assignment such as ``x = 2`` is simplified
 on the prediction side only, and intervals vs. inequalities are compared one way), so the gold

@@ -14,11 +14,24 @@ Layers, outermost first (each result lists those that were active in `protection
 * ``net_namespace``: a private network namespace with no usable interface.
 * ``private_tmp``: a private mount namespace with fresh tmpfs over world-writable directories.
 * ``no_new_privs``: setuid binaries cannot raise privileges again.
+* ``landlock_fs`` (Linux >= 5.13, root or not): the kernel refuses writes outside the working
+  directory and reads outside the system and interpreter directories (no home directories, no
+  /tmp, no /root), for the code and every process it starts.
+* ``landlock_net`` (Landlock ABI >= 4): no TCP bind or connect. ``landlock_signals`` (ABI >= 6):
+  no signals to processes outside the sandbox.
+* ``pid_namespace``: the code runs as PID 1 of a fresh PID namespace, so the kernel kills every
+  process it left behind the moment it exits; nothing writes after it.
 * ``audit_hook``: a PEP 578 hook refusing writes outside the working directory, sockets and
   signals to unrelated processes -- defence in depth, since ctypes or a subprocess bypass it.
 
-Not covered: the code can still read world-readable files, use CPU up to its limits, and see
-other processes in /proc. Use a container or VM for adversarial workloads beyond RL rewards.
+Levels (`LEVELS`, what ``reward.sandbox.require`` names): ``filesystem`` holds with
+``landlock_fs``, or as root with ``drop_privileges`` + ``private_tmp``; ``network`` with
+``net_namespace`` or ``landlock_net``; ``processes`` with ``pid_namespace``, or ``drop_privileges``
+(every process of the sandbox's uid is killed). `require_protections` checks them once, up front.
+
+Not covered: the code can read the system directories (/usr, /etc, ...), use CPU up to its
+limits, and see other processes in /proc; without Landlock and without root, it can write
+wherever the user can. Use a container or VM for adversarial workloads beyond RL rewards.
 The child setup lives in `_sandbox_boot.py`; this module is the parent side.
 """
 
@@ -36,7 +49,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 _BOOT = str(Path(__file__).with_name("_sandbox_boot.py"))
 _UID_RANGE = (1_000_000_000, 1_100_000_000)  # far above any uid a distribution hands out
@@ -193,6 +206,7 @@ def run_python(
     isolate_network: bool = True,
     private_tmp: bool = True,
     audit_hook: bool = True,
+    landlock: bool = True,
 ) -> SandboxResult:
     """Run `code` as ``main.py`` in a fresh working directory, with `files` written beside it.
 
@@ -202,8 +216,8 @@ def run_python(
         stdin: text fed to the process's stdin through a pipe (read once, gone); None for
             an empty stdin.
         limits: see `SandboxLimits`.
-        isolate_network, private_tmp, audit_hook: switch single protections off (for tests
-            that check the others hold on their own).
+        isolate_network, private_tmp, audit_hook, landlock: switch single protections off (for
+            tests that check the others hold on their own).
 
     Returns:
         A `SandboxResult`; this function raises only for bad arguments, never for what the
@@ -218,7 +232,7 @@ def run_python(
         config = {
             "workdir": workdir, "main": "main.py", "uid": uid, "gid": uid, "status_fd": status_w,
             "isolate_network": isolate_network, "private_tmp": private_tmp, "audit_hook": audit_hook,
-            "tmpfs_bytes": limits.tmpfs_mb * _MiB,
+            "landlock": landlock, "tmpfs_bytes": limits.tmpfs_mb * _MiB,
             "limits": {"cpu_s": limits.cpu_s, "memory_bytes": limits.memory_mb * _MiB,
                        "file_size_bytes": limits.file_size_mb * _MiB, "open_files": limits.open_files,
                        "processes": limits.processes},
@@ -352,3 +366,65 @@ def _drain(sel, captures: dict, status: bytearray, status_r: int, exit_fd, stdin
             if key.fd in readers:
                 _read_into(sel, key.fd, captures, status, status_r)
         readers = [key.fd for key in sel.get_map().values() if key.fd not in (exit_fd, stdin_fd)]
+
+
+# What each level needs: any one of the alternatives (each a set of protections) suffices.
+LEVELS: dict[str, tuple[frozenset[str], ...]] = {
+    "filesystem": (frozenset({"landlock_fs"}), frozenset({"drop_privileges", "private_tmp"})),
+    "network": (frozenset({"net_namespace"}), frozenset({"landlock_net"})),
+    "processes": (frozenset({"pid_namespace"}), frozenset({"drop_privileges"})),
+}
+
+
+class SandboxUnavailable(RuntimeError):
+    """A required sandbox level cannot be provided on this machine."""
+
+
+_probed: tuple[str, ...] | None = None
+
+
+def available_protections() -> tuple[str, ...]:
+    """The protections a sandboxed run gets on this machine (probed once per process)."""
+    global _probed
+    if _probed is None:
+        _probed = run_python("pass", limits=SandboxLimits(timeout_s=30.0)).protections
+    return _probed
+
+
+def missing_levels(protections: Sequence[str], levels: Sequence[str] = tuple(LEVELS)) -> list[str]:
+    """The `levels` that `protections` do not provide."""
+    unknown = [level for level in levels if level not in LEVELS]
+    if unknown:
+        raise ValueError(f"unknown sandbox level(s) {unknown}; known: {sorted(LEVELS)}")
+    have = set(protections)
+    return [level for level in levels if not any(option <= have for option in LEVELS[level])]
+
+
+_warned = False
+
+
+def require_protections(levels: Sequence[str] = ()) -> tuple[str, ...]:
+    """Probe the sandbox; raise `SandboxUnavailable` if any of `levels` is missing, and warn once
+    (to stderr) about every level that is missing but not required. Returns the protections."""
+    global _warned
+    protections = available_protections()
+    missing = missing_levels(protections, tuple(LEVELS))
+    required = [level for level in missing_levels(protections, levels)]
+    if required:
+        raise SandboxUnavailable(
+            f"reward.sandbox.require asks for {list(levels)}, but on this machine the sandbox cannot confine "
+            f"{required} (active protections: {list(protections)}). "
+            + _HOW_TO_GET.get(required[0], ""))
+    if missing and not _warned:
+        _warned = True
+        print(f"posttrain: warning: the code sandbox cannot confine {missing} on this machine (active: "
+              f"{list(protections)}); set reward.sandbox.require to refuse to run like this", file=sys.stderr)
+    return protections
+
+
+_HOW_TO_GET = {
+    "filesystem": "It needs Landlock (Linux >= 5.13 with landlock in the LSM list) or running as root.",
+    "network": "It needs unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1), "
+               "Landlock ABI >= 4 (Linux >= 6.7) or running as root.",
+    "processes": "It needs unprivileged user namespaces or running as root.",
+}

@@ -6,12 +6,17 @@ themselves. Protections that this machine cannot provide are skipped, with the r
 """
 
 import os
+import shutil
 import socket
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
-from posttrain.verifiers.sandbox import SandboxLimits, _processes_of, run_python
+from posttrain.verifiers import sandbox as sandbox_module
+from posttrain.verifiers.sandbox import (SandboxLimits, SandboxUnavailable, _processes_of, missing_levels,
+                                         require_protections, run_python)
 
 FAST = SandboxLimits(timeout_s=2.0, cpu_s=2, processes=8, memory_mb=512)
 BOTH = pytest.mark.parametrize("audit_hook", [True, False], ids=["all", "os_only"])
@@ -112,9 +117,41 @@ def test_writing_to_tmp_does_not_reach_the_host(audit_hook, protections):
     code = f"import os\ntry:\n    open('/tmp/{name}', 'w').write('x')\nexcept PermissionError:\n    print('refused')\n"
     if "private_tmp" in protections:  # a shell bypasses the audit hook; only the private tmpfs stops it
         code += f"os.system('echo x > /var/tmp/{name}')"
-    result = run_python(code, limits=FAST, audit_hook=audit_hook)
+    result = run_python(code, limits=FAST, audit_hook=audit_hook, landlock=audit_hook)  # os_only: the tmpfs alone
     assert result.stdout.startswith("refused") == audit_hook
     assert not os.path.exists(f"/tmp/{name}") and not os.path.exists(f"/var/tmp/{name}")
+
+
+def test_landlock_alone_confines_a_shell(protections, tmp_path):
+    """Without namespaces or the audit hook (as for a user without root): Landlock by itself."""
+    require(protections, "landlock_fs")
+    shared = Path(tempfile.mkdtemp(prefix="posttrain-landlock-"))  # world-readable, like a home directory
+    try:
+        (shared / "notes.txt").write_text("private notes\n")
+        os.chmod(shared, 0o755)
+        os.chmod(shared / "notes.txt", 0o666)
+        code = (f"import os\nos.system('cat {shared}/notes.txt; ls {shared}; echo x >> {shared}/notes.txt; "
+                f"echo y > {shared}/new.txt')\nopen('mine.txt', 'w').write('ok')\nprint(open('mine.txt').read())")
+        result = run_python(code, limits=FAST, audit_hook=False, private_tmp=False, isolate_network=False)
+        assert result.ok and result.stdout.strip().endswith("ok")  # its own working directory still works
+        assert "private notes" not in result.stdout and "notes.txt" not in result.stdout
+        assert (shared / "notes.txt").read_text() == "private notes\n" and not (shared / "new.txt").exists()
+        assert "landlock_fs" in result.protections and "private_tmp" not in result.protections
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_required_levels_fail_loudly_and_missing_ones_warn_once(monkeypatch, capsys):
+    monkeypatch.setattr(sandbox_module, "_probed", ("new_session", "rlimits", "net_namespace"))
+    monkeypatch.setattr(sandbox_module, "_warned", False)
+    assert missing_levels(sandbox_module._probed) == ["filesystem", "processes"]
+    with pytest.raises(SandboxUnavailable, match=r"cannot confine \['filesystem'\].*Landlock"):
+        require_protections(["filesystem", "network"])
+    assert require_protections(["network"]) == sandbox_module._probed
+    require_protections([])
+    assert capsys.readouterr().err.count("cannot confine ['filesystem', 'processes']") == 1
+    with pytest.raises(ValueError, match="unknown sandbox level"):
+        require_protections(["filesytem"])
 
 
 @BOTH
@@ -160,3 +197,19 @@ def test_output_is_truncated_head_and_tail():
 def test_invalid_limits_are_rejected():
     with pytest.raises(ValueError, match="timeout_s"):
         SandboxLimits(timeout_s=0)
+
+
+def test_sandbox_requirement_is_read_from_the_config_and_checked_at_start(monkeypatch):
+    from posttrain.config import ConfigError, load_config
+    from posttrain.recipes.rl.config import RLConfig
+    from posttrain.recipes.rl.rewards import check_sandbox
+
+    cfg = load_config(RLConfig, None, ["reward.functions=[code]", "reward.sandbox.require=[filesystem,network]"])
+    assert cfg.reward.sandbox.require == ["filesystem", "network"]
+    with pytest.raises(ConfigError, match="reward.sandbox.require: unknown level.*'filesytem'"):
+        load_config(RLConfig, None, ["reward.sandbox.require=[filesytem]"])
+    monkeypatch.setattr(sandbox_module, "_probed", ("new_session", "rlimits", "net_namespace"))
+    with pytest.raises(SandboxUnavailable, match="filesystem"):
+        check_sandbox(cfg, cfg.reward.functions)
+    monkeypatch.setattr(sandbox_module, "_probed", ("landlock_fs", "net_namespace", "pid_namespace"))
+    check_sandbox(cfg, cfg.reward.functions)  # provided: the run starts

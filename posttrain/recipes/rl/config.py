@@ -65,6 +65,24 @@ class RolloutConfig:
     max_refill_rounds: int = 3
 
 
+SANDBOX_LEVELS = ("filesystem", "network", "processes")  # posttrain.verifiers.sandbox.LEVELS
+
+
+@dataclasses.dataclass
+class SandboxConfig:
+    """What the code sandbox must confine on this machine, checked once at start-up."""
+
+    # Levels the run refuses to start without: "filesystem" (no writes outside the working
+    # directory, no reading home directories), "network", "processes" (nothing survives a run).
+    # A level the machine cannot provide and that is not required is warned about once.
+    require: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = [level for level in self.require if level not in SANDBOX_LEVELS]
+        if unknown:
+            raise ConfigError(f"reward.sandbox.require: unknown level(s) {unknown}; choose from {list(SANDBOX_LEVELS)}")
+
+
 @dataclasses.dataclass
 class RewardConfig:
     # Reward names (`arithmetic`, `math`, `code`) or import paths `package.module:function`.
@@ -90,6 +108,7 @@ class RewardConfig:
     turn_functions: list[str] = dataclasses.field(default_factory=list)
     turn_weights: Union[list[float], None] = None
     turn_coef: float = 1.0
+    sandbox: SandboxConfig = dataclasses.field(default_factory=SandboxConfig)
 
     def __post_init__(self) -> None:
         # Checked here, as the section is built, since a reward call without a limit can hang the run.
