@@ -26,11 +26,17 @@ Two shapes of ``tests``:
   crash all score 0. Processes the solution leaves behind cannot write after the verdict: the
   sandbox's PID namespace (or, as root, its per-run uid) has them killed when the harness exits.
 
+  An ``assert a == b`` (or ``!=``) in a test is compiled to a check that fails when either side
+  holds an object of a class made after the solution started running -- an ``__eq__`` that is
+  always True, also hidden in an ``int`` subclass or inside a list -- so a solution that returns
+  instances of its own classes cannot pass such a comparison (nor can a test that compares
+  instances of classes it defines itself: compare their fields).
+
   Known limits of this shape, since the solution runs in the harness's interpreter: code that
-  digs the nonce or the tests out of the harness's memory (frame or ``gc`` introspection) can
-  forge a verdict, and a return value whose ``__eq__`` is always True passes ``assert f(x) ==
-  y``. These rewards are for training, not for judging determined adversaries; where a policy
-  learns such tricks, switch its data to input/output tests.
+  digs the nonce, the tests or the harness's checker out of its memory (frame or ``gc``
+  introspection) can forge a verdict, and a bare ``assert f(x)`` trusts ``__bool__``. These
+  rewards are for training, not for judging determined adversaries; where a policy learns such
+  tricks, switch its data to input/output tests.
 """
 
 from __future__ import annotations
@@ -60,6 +66,60 @@ class _TestTimeout(BaseException):
 def _on_alarm(signum, frame):
     raise _TestTimeout()
 
+_type, _all, _id, _len = type, all, id, len
+_CONTAINERS = (list, tuple, set, frozenset)
+
+def _classes():
+    """Every class that exists now (object's subclasses, recursively), by id."""
+    seen, todo = set(), [object]
+    while todo:
+        cls = todo.pop()
+        if _id(cls) not in seen:
+            seen.add(_id(cls))
+            try:
+                todo.extend(_type.__subclasses__(cls))
+            except TypeError:
+                pass
+    return seen
+
+_known = None  # the classes that existed before the solution ran
+
+def _trusted(value, depth=0):
+    """Whether `value`, and whatever it holds, is of classes that existed before the solution ran:
+    a class the solution made can answer `==` however it likes (always True)."""
+    cls = _type(value)
+    if _id(cls) not in _known or depth > 50:
+        return False
+    if cls in _CONTAINERS:
+        return _all(_trusted(v, depth + 1) for v in value)
+    if cls is dict:
+        return _all(_trusted(k, depth + 1) and _trusted(v, depth + 1) for k, v in value.items())
+    return True
+
+def _strict_eq(left, right, negate):
+    if not (_trusted(left) and _trusted(right)):
+        raise AssertionError("compared a value of a class the solution defined")
+    return (left != right) if negate else (left == right)
+
+class _StrictAsserts(__import__("ast").NodeTransformer):
+    """`assert a == b` / `assert a != b` -> `assert __posttrain_eq__(a, b, negate)`."""
+    def visit_Assert(self, node):
+        import ast
+        test = node.test
+        if isinstance(test, ast.Compare) and _len(test.ops) == 1 and isinstance(test.ops[0], (ast.Eq, ast.NotEq)):
+            node.test = ast.Call(ast.Name("__posttrain_eq__", ast.Load()),
+                                 [test.left, test.comparators[0], ast.Constant(isinstance(test.ops[0], ast.NotEq))], [])
+            ast.fix_missing_locations(node)
+        return self.generic_visit(node)
+
+def _compile_test(source, name):
+    import ast
+    try:
+        tree = _StrictAsserts().visit(ast.parse(source, name))
+    except SyntaxError:
+        return _compile(source, name, "exec")  # raises the SyntaxError the test would
+    return _compile(tree, name, "exec")
+
 def _main():
     received = b""
     while True:  # the nonce line, then the tests as JSON: stdin is a pipe, so once read, gone
@@ -77,6 +137,14 @@ def _main():
     with open("solution.py", encoding="utf-8") as f:
         source = f.read()
     namespace = {"__name__": "solution", "__builtins__": __builtins__}
+    global _known
+    _known = _classes()
+    compiled = []
+    for i, test in enumerate(tests):
+        try:
+            compiled.append(_compile_test(test, "test_%d" % i))
+        except BaseException as err:
+            compiled.append(err)
     loaded = True
     try:
         _exec(_compile(source, "solution.py", "exec"), namespace)
@@ -91,7 +159,10 @@ def _main():
                 signal.signal(signal.SIGALRM, _on_alarm)
                 signal.setitimer(signal.ITIMER_REAL, per_test_s)
                 try:
-                    _exec(_compile(test, "test_%d" % i, "exec"), namespace)
+                    if isinstance(compiled[i], BaseException):
+                        raise compiled[i]
+                    namespace["__posttrain_eq__"] = _strict_eq
+                    _exec(compiled[i], namespace)
                     passed = True
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)

@@ -79,7 +79,25 @@ def cases(home: str, tag: str, port: int) -> dict[str, dict]:
             "            pass\n"
             "    found = re.findall(r'== (\\d+)', ' '.join(texts))\n"
             "    return int(found[0]) if found else -1\n")},
-        # 4. input/output tests: forged verdicts and always-equal objects have nothing to act on
+        # 4. always-equal objects against assert-style tests, plain and hidden in an int or a list
+        "assert_always_equal": {"kind": "code", "tests": ["assert answer() == 42", "assert answer_int() == 42",
+                                                          "assert answer_list() == [42]", "assert answer() != 41"],
+                                "code": (
+            "class Anything:\n"
+            "    def __eq__(self, other):\n"
+            "        return True\n"
+            "    def __ne__(self, other):\n"
+            "        return False\n"
+            "class AnyInt(int):\n"
+            "    __eq__ = Anything.__eq__\n"
+            "    __hash__ = int.__hash__\n"
+            "def answer():\n"
+            "    return Anything()\n"
+            "def answer_int():\n"
+            "    return AnyInt(0)\n"
+            "def answer_list():\n"
+            "    return [Anything()]\n")},
+        # input/output tests: forged verdicts and always-equal objects have nothing to act on
         "io_forges_a_verdict": {"kind": "code", "tests": [{"input": "2 3\n", "output": "5"}], "code": (
             "import os\n"
             "print('ok 1')\n"

@@ -159,6 +159,11 @@ def test_the_tests_cannot_be_read_back(run):
     assert results["reads_the_tests"]["passed"] == [False], results["reads_the_tests"]
 
 
+def test_always_equal_objects_do_not_pass_assert_style_tests(run):
+    _home, _tag, results = run
+    assert results["assert_always_equal"].get("passed") == [False] * 4, results["assert_always_equal"]
+
+
 def test_input_output_tests_are_judged_outside_the_solution(run):
     _home, _tag, results = run
     assert results["io_forges_a_verdict"].get("passed") == [False], results["io_forges_a_verdict"]
