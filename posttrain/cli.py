@@ -25,6 +25,8 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
             "preference alignment without a reward model: dpo, ipo, cdpo, simpo, orpo, kto"),
     "reward-model": ("posttrain.recipes.preference.reward_model", "RewardModelConfig", "train",
                      "Bradley-Terry reward model: a scalar head on a causal LM, trained on preference pairs"),
+    "eval": ("posttrain.recipes.scaling_eval", "ScalingEvalConfig", "run_eval",
+             "evaluate a model with n samples per prompt: greedy, pass@k, pass^k, maj@k, best-of-N, with intervals"),
     "demo": ("posttrain.recipes.demo", "DemoConfig", "run_demo",
              "the end-to-end demo on the built-in tiny model and arithmetic task"),
 }

@@ -1,0 +1,109 @@
+"""`posttrain eval` (posttrain/recipes/scaling_eval.py): metrics from hand-built records, and a
+whole run with a scripted engine -- which answers, which it gets right, what resuming keeps."""
+
+import json
+import re
+
+import pytest
+
+from posttrain.config import ConfigError, load_config
+from posttrain.engines.base import Completion
+from posttrain.recipes.scaling_eval import ScalingEvalConfig, read_samples, run_eval, strategy_table
+
+CALLS = []
+
+
+class ScriptedEngine:
+    """Reads "a+b=" from the prompt; greedy answers right, sample j answers right when j is even
+    (else one too many), so every figure is known in advance."""
+
+    def __init__(self, model, tokenizer):
+        self.tokenizer = tokenizer
+
+    def generate(self, prompt_ids, sampling):
+        CALLS.append(len(prompt_ids))
+        out = []
+        for i, ids in enumerate(prompt_ids):
+            a, b = map(int, re.findall(r"(\d+)\+(\d+)=", self.tokenizer.decode(ids))[-1])
+            texts = [str(a + b)] if sampling.temperature == 0 else \
+                [str(a + b + (j % 2)) for j in range(sampling.n)]
+            out.append([Completion(i, [1] * len(t), [0.0] * len(t), t, "stop") for t in texts])
+        return out
+
+    def load_weights(self, source):
+        pass
+
+    def shares_weights(self, model):
+        return False
+
+    def close(self):
+        pass
+
+
+def record(prompt_id, sample, answer, score, tokens=3):
+    return {"prompt_id": prompt_id, "sample": sample, "answer": answer, "score": score, "weight": None,
+            "tokens": tokens, "prompt_tokens": 5}
+
+
+def test_strategy_table_by_hand():
+    records = {
+        0: [record(0, -1, "4", 1.0), record(0, 0, "4", 1.0), record(0, 1, "5", 0.0), record(0, 2, "4", 1.0),
+            record(0, 3, "6", 0.0)],
+        1: [record(1, -1, "7", 0.0)] + [record(1, j, "7", 0.0) for j in range(4)],
+    }
+    table = {(r["strategy"], r["k"]): r for r in strategy_table(records, [1, 2, 4], resamples=200)}
+    assert table[("greedy", 1)]["accuracy"] == 0.5
+    assert table[("pass@k", 1)]["accuracy"] == pytest.approx(0.25)
+    assert table[("pass@k", 2)]["accuracy"] == pytest.approx((1 - 1 / 6) / 2)  # 1 - C(2,2)/C(4,2), and 0
+    assert table[("pass^k", 2)]["accuracy"] == pytest.approx((1 / 6) / 2)      # C(2,2)/C(4,2), and 0
+    assert table[("maj@k", 4)]["accuracy"] == 0.5  # "4" has two of four votes
+    assert table[("pass@k", 4)]["tokens_per_problem"] == 4 * 8  # k samples × (5 prompt + 3 generated)
+    lo, hi = table[("greedy", 1)]["interval"]
+    assert lo == 0.0 and hi == 1.0  # two prompts: a resample can hold either twice
+
+
+def config(tmp_path, *overrides):
+    return load_config(ScalingEvalConfig, None, [
+        f"out={tmp_path / 'eval'}", "engine=test_scaling_eval:ScriptedEngine", "samples=4", "ks=[1,2,4]",
+        "data.arithmetic.num_train=4", "data.arithmetic.num_eval=6", "prompts_per_batch=2", "bootstrap_resamples=100",
+        *overrides])
+
+
+def test_a_run_with_a_scripted_engine_scores_what_it_answered(tmp_path):
+    result = run_eval(config(tmp_path))
+    table = {(r["strategy"], r["k"]): r["accuracy"] for r in result["strategies"]}
+    assert result["num_prompts"] == 6
+    assert table[("greedy", 1)] == 1.0
+    assert table[("pass@k", 1)] == 0.5 and table[("pass@k", 2)] == pytest.approx(1 - 1 / 6)
+    assert table[("pass^k", 2)] == pytest.approx(1 / 6) and table[("pass^k", 4)] == 0.0
+    assert table[("maj@k", 4)] == 0.5  # two right votes against two for the same wrong answer: a tie
+    lines = (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["settings"]["samples"] == 4 and len(lines) == 1 + 6 * 5
+    assert (tmp_path / "eval" / "eval.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert saved["strategies"] == result["strategies"]
+
+
+def test_resuming_generates_only_what_is_missing_and_matches_a_fresh_run(tmp_path):
+    fresh = run_eval(config(tmp_path / "fresh"))
+    CALLS.clear()
+    run_eval(config(tmp_path, "num_prompts=2"))
+    assert sum(CALLS) == 2 * 2  # greedy + sampled for 2 prompts
+    path = tmp_path / "eval" / "samples.jsonl"
+    path.write_text(path.read_text() + '{"prompt_id": 2, "sample": -1, "te')  # killed while writing
+    CALLS.clear()
+    resumed = run_eval(config(tmp_path))
+    assert sum(CALLS) == 2 * 4  # prompts 2-5 only
+    assert resumed["strategies"] == fresh["strategies"]
+    with pytest.raises(ConfigError, match="samples=4, not 8"):
+        run_eval(config(tmp_path, "samples=8", "ks=[1]"))
+
+
+def test_a_cut_short_prompt_keeps_its_last_full_set(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    settings = {"samples": 1}
+    lines = [{"settings": settings}, record(0, -1, "1", 1.0), record(1, -1, "2", 0.0),
+             record(1, -1, "2", 1.0), record(1, 0, "2", 1.0), record(0, 0, "1", 1.0)]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    done = read_samples(path, settings)
+    assert sorted(done) == [0, 1] and [r["score"] for r in done[1]] == [1.0, 1.0]
