@@ -9,7 +9,7 @@ from posttrain.config import load_config
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[2].joinpath("examples").glob("*.yaml"))
 RECIPE_BY_PREFIX = {"sft": "sft", "rl": "rl", "demo": "demo", "dpo": "dpo", "reward": "reward-model", "ppo": "rl",
-                    "pivotrl": "pivotrl"}
+                    "pivotrl": "pivotrl", "eval": "eval"}
 
 
 def test_there_are_examples_for_each_recipe_command():
