@@ -3,7 +3,7 @@ with SFT only, on the spreadsheet environment (after Yi et al. 2026, arXiv 2603.
 
     python examples/agentic/compare.py                    # the reference scale (docs/results/agentic/)
     python examples/agentic/compare.py --scale smoke      # a minute: every stage, tiny numbers
-    python examples/agentic/compare.py --out runs/agentic --skip-sft   # reuse the SFT models
+    python examples/agentic/compare.py --out runs/agentic --reuse   # reuse finished stages
 
 From the same generated tasks and the same scripted-expert trajectories:
     1. tasks (train / held-out workbooks) and the expert's conversations; SFT data = those plus
@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=sorted(SCALES), default="reference")
     parser.add_argument("--out", default="runs/agentic")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-sft", action="store_true", help="reuse the base and SFT models already under --out")
+    parser.add_argument("--skip-sft", "--reuse", action="store_true",
+                        help="reuse every finished stage under --out (base, SFT, RL and PivotRL runs)")
+    parser.add_argument("--without-large", action="store_true", help="leave out the larger model's row")
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     out = Path(args.out).resolve()
@@ -76,37 +78,39 @@ def main(argv: list[str] | None = None) -> int:
     sft_small = sft(out, "sft", pretrained("base", small), data["sft"], scale["sft_steps"], args.seed, args.skip_sft)
     first = evaluate(Path(sft_small["model_dir"]), out, env, scale, args.seed)
     print(f"SFT (small): held-out success {first['success']:.1%}, arithmetic {first['ood_accuracy']:.1%}", flush=True)
-    sft_large = sft(out, "sft-large", pretrained("base-large", large), data["sft"], scale["large_sft_steps"],
-                    args.seed, args.skip_sft)
     # The recipes' own before/after evaluation on a few tasks only: the comparison evaluates every model below.
     common = rl_overrides(out, env, scale, args.seed) + [f"eval.num_samples={min(10, scale['num_eval'])}"]
 
     from posttrain.config import load_config
     from posttrain.recipes import pivotrl, rl
 
-    start = time.perf_counter()
-    rl.train(load_config(rl.RLConfig, None, common + [
-        f"model.name_or_path={sft_small['model_dir']}", "run.name=rl", "algorithm.name=grpo", "algorithm.kl_coef=0",
-        f"steps={scale['rl_steps']}"]))
-    rl_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    pivotrl.train(load_config(pivotrl.PivotRLConfig, None, common + [
-        f"model.name_or_path={sft_small['model_dir']}", "run.name=pivotrl", f"steps={scale['pivot_steps']}",
-        f"pivot.samples_per_candidate={scale['k']}", f"pivot.expert={data['pivot_experts']}"]))
-    pivot_seconds = time.perf_counter() - start
+    records: list[dict] = []
 
-    records = []
-    for method, run, seconds in (("SFT", "sft", sft_small["seconds"]), ("SFT → RL", "rl", rl_seconds),
-                                 ("SFT → PivotRL", "pivotrl", pivot_seconds),
-                                 ("SFT (larger model)", "sft-large", sft_large["seconds"])):
+    def add(method: str, run: str, seconds: float, scores: dict | None = None) -> None:
+        """Evaluate `run`'s final model and rewrite the outputs with it: a stopped comparison keeps its rows."""
         summary = json.loads((out / run / "summary.json").read_text())
-        scores = first if run == "sft" else evaluate(Path(summary["model_dir"]), out, env, scale, args.seed)
+        scores = scores or evaluate(Path(summary["model_dir"]), out, env, scale, args.seed)
         records.append({"method": method, "run": run, **scores, **spent(out / run, summary), "seconds": round(seconds, 1),
                         "parameters": count_parameters(Path(summary["model_dir"])),
                         "turn_accuracy": turn_accuracy(Path(summary["model_dir"]), env, args.seed)})
-    (out / "comparison.json").write_text(json.dumps(records, indent=2) + "\n")
-    (out / "comparison.md").write_text(table(records, args.scale, timings))
-    plot(records, out / "comparison.png")
+        print(f"{method}: held-out success {records[-1]['success']:.1%}", flush=True)
+        (out / "comparison.json").write_text(json.dumps(records, indent=2) + "\n")
+        (out / "comparison.md").write_text(table(records, args.scale, timings))
+        plot(records, out / "comparison.png")
+
+    add("SFT", "sft", sft_small["seconds"], first)
+    seconds = timed(out / "rl", args.skip_sft, lambda: rl.train(load_config(rl.RLConfig, None, common + [
+        f"model.name_or_path={sft_small['model_dir']}", "run.name=rl", "algorithm.name=grpo", "algorithm.kl_coef=0",
+        f"steps={scale['rl_steps']}"])))
+    add("SFT → RL", "rl", seconds)
+    seconds = timed(out / "pivotrl", args.skip_sft, lambda: pivotrl.train(load_config(pivotrl.PivotRLConfig, None, common + [
+        f"model.name_or_path={sft_small['model_dir']}", "run.name=pivotrl", f"steps={scale['pivot_steps']}",
+        f"pivot.samples_per_candidate={scale['k']}", f"pivot.expert={data['pivot_experts']}"])))
+    add("SFT → PivotRL", "pivotrl", seconds)
+    if not args.without_large:  # last: the row that costs the most and answers the least
+        sft_large = sft(out, "sft-large", pretrained("base-large", large), data["sft"], scale["large_sft_steps"],
+                        args.seed, args.skip_sft)
+        add("SFT (larger model)", "sft-large", sft_large["seconds"])
     print(table(records, args.scale, timings))
     return 0
 
@@ -167,6 +171,19 @@ def sft(out: Path, name: str, model: Path, data: Path, steps: int, seed: int, sk
     summary["seconds"] = time.perf_counter() - start
     summary_path.write_text(json.dumps(summary, indent=2, default=str))  # --skip-sft reads the seconds back
     return summary
+
+
+def timed(run_dir: Path, reuse: bool, train) -> float:
+    """Seconds `train()` took, kept in its summary.json; with `reuse`, a finished run's are read back."""
+    summary_path = run_dir / "summary.json"
+    if reuse and summary_path.is_file() and "seconds" in json.loads(summary_path.read_text()):
+        return json.loads(summary_path.read_text())["seconds"]
+    start = time.perf_counter()
+    train()
+    seconds = time.perf_counter() - start
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({**summary, "seconds": seconds}, indent=2, default=str))
+    return seconds
 
 
 def rl_overrides(out: Path, env: dict, scale: dict, seed: int) -> list[str]:
