@@ -57,6 +57,9 @@ class ScalingEvalConfig:
     confidence: float = 0.95
     bootstrap_resamples: int = 1000
     overwrite: bool = False
+    # Earlier `posttrain eval` outputs (eval.json or its directory) drawn on the same plot, e.g. the
+    # base and SFT models next to the RL one.
+    compare_with: list[str] = dataclasses.field(default_factory=list)
 
     def validate(self) -> None:
         require(self.samples >= 1, f"samples must be >= 1, got {self.samples}")
@@ -188,29 +191,51 @@ def format_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_table(table: list[dict], path: Path, title: str) -> None:
+def plot_table(table: list[dict], path: Path, title: str, others: Optional[dict[str, list[dict]]] = None) -> None:
+    """Accuracy against tokens per problem, one line per strategy; `others` (label -> an earlier
+    eval.json's strategies) are drawn on the same axes, dashed, with the strategies both share."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for strategy in dict.fromkeys(row["strategy"] for row in table):
-        rows = [r for r in table if r["strategy"] == strategy]
-        x = [r["tokens_per_problem"] for r in rows]
-        y = [r["accuracy"] for r in rows]
-        err = [[r["accuracy"] - r["interval"][0] for r in rows], [r["interval"][1] - r["accuracy"] for r in rows]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=strategy)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    strategies = list(dict.fromkeys(row["strategy"] for row in table))
+    colours = {strategy: f"C{i}" for i, strategy in enumerate(strategies)}
+    series = [("", table, "-")] + [(f"{label}: ", rows, "--") for label, rows in (others or {}).items()]
+    for prefix, rows_of, style in series:
+        for strategy in strategies:
+            rows = [r for r in rows_of if r["strategy"] == strategy]
+            if not rows:
+                continue
+            x = [r["tokens_per_problem"] for r in rows]
+            y = [r["accuracy"] for r in rows]
+            err = [[r["accuracy"] - r["interval"][0] for r in rows], [r["interval"][1] - r["accuracy"] for r in rows]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, linestyle=style, color=colours[strategy],
+                        label=prefix + strategy)
     ax.set_xscale("log")
-    ax.set_xlabel("generated + prompt tokens per problem (log)")
+    ax.set_xlabel("prompt + generated tokens per problem (log)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def earlier_results(paths: list[str]) -> dict[str, list[dict]]:
+    """label (the model) -> strategies, from earlier `eval.json` files (or their directories)."""
+    results = {}
+    for path in paths:
+        file = Path(path) / "eval.json" if Path(path).is_dir() else Path(path)
+        try:
+            saved = json.loads(file.read_text(encoding="utf-8"))
+            results[str(saved["model"])] = saved["strategies"]
+        except (OSError, ValueError, KeyError) as err:
+            raise ConfigError(f"compare_with: {file} is not an eval.json of `posttrain eval` ({err})") from None
+    return results
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -227,6 +252,7 @@ def run_eval(cfg: ScalingEvalConfig) -> dict:
     from posttrain.recipes.prompt_data import load_prompt_sets
 
     cfg.validate()
+    others = earlier_results(cfg.compare_with)  # before any generation: a wrong path fails at once
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     samples_path = out / "samples.jsonl"
@@ -277,7 +303,8 @@ def run_eval(cfg: ScalingEvalConfig) -> dict:
     result = {"model": cfg.model.name_or_path, "reward": cfg.reward, "weights": cfg.weights,
               "num_prompts": len(records), "samples": cfg.samples, "seconds": seconds, "strategies": table}
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    plot_table(table, out / "eval.png", f"{cfg.model.name_or_path}: {len(records)} prompts, {cfg.samples} samples")
+    plot_table(table, out / "eval.png", f"{cfg.model.name_or_path}: {len(records)} prompts, {cfg.samples} samples",
+               others)
     print(format_table(table))
     print(f"eval: {out / 'eval.json'}, {out / 'eval.png'}, {samples_path}")
     return result

@@ -99,6 +99,16 @@ def test_resuming_generates_only_what_is_missing_and_matches_a_fresh_run(tmp_pat
         run_eval(config(tmp_path, "samples=8", "ks=[1]"))
 
 
+def test_earlier_results_share_the_plot_and_a_wrong_path_fails_before_generating(tmp_path):
+    first = run_eval(config(tmp_path / "a"))
+    CALLS.clear()
+    with pytest.raises(ConfigError, match="compare_with: .*nowhere"):
+        run_eval(config(tmp_path / "b", f"compare_with=[{tmp_path / 'nowhere'}]"))
+    assert CALLS == []
+    second = run_eval(config(tmp_path / "b", f"compare_with=[{tmp_path / 'a' / 'eval'}]"))
+    assert second["strategies"] == first["strategies"] and (tmp_path / "b" / "eval" / "eval.png").stat().st_size > 0
+
+
 def test_a_cut_short_prompt_keeps_its_last_full_set(tmp_path):
     path = tmp_path / "samples.jsonl"
     settings = {"samples": 1}
