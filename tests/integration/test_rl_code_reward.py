@@ -38,7 +38,9 @@ def hostile_snippets(marker: Path) -> list[str]:
         f"open({str(marker)!r}, 'w').write('escaped')\ndef add(a, b):\n    return a + b",
         "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)\ndef add(a, b):\n    return a + b",
         "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\ndef add(a, b):\n    return a + b",
-        "import shutil\nshutil.rmtree('/', ignore_errors=True)\ndef add(a, b):\n    return a + b",
+        # No add() after it: the sandbox makes the walk harmless (and, with Landlock, quick), so a
+        # correct add() here would rightly score 1.
+        "import shutil\nshutil.rmtree('/', ignore_errors=True)",
     ]
 
 
