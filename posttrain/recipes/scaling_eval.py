@@ -20,6 +20,7 @@ samples.jsonl written with other settings is refused, naming the setting.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -314,17 +315,9 @@ def _jsonable(answer: Any) -> Any:
     return answer if answer is None or isinstance(answer, (str, int, float, bool)) else str(answer)
 
 
-class _NoRunner:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _weights_runner(cfg: ScalingEvalConfig):
     if cfg.weights is None:
-        return _NoRunner()
+        return contextlib.nullcontext()
     from posttrain.evaluation import eval_reward_runner
 
     return eval_reward_runner(cfg.weights, on_error=cfg.on_error, timeout_s=cfg.timeout_s)

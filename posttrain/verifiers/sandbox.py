@@ -409,7 +409,7 @@ def require_protections(levels: Sequence[str] = ()) -> tuple[str, ...]:
     global _warned
     protections = available_protections()
     missing = missing_levels(protections, tuple(LEVELS))
-    required = [level for level in missing_levels(protections, levels)]
+    required = missing_levels(protections, levels)
     if required:
         raise SandboxUnavailable(
             f"reward.sandbox.require asks for {list(levels)}, but on this machine the sandbox cannot confine "
