@@ -85,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--preset", default="tiny", help="tiny (~1-2M params), agent (tiny with a 2k context) or small (~10-30M)")
     tiny.add_argument("--seed", type=int, default=0)
 
+    report = sub.add_parser("report", help="write one self-contained HTML page about a run directory: curves, "
+                                           "evaluation, compute ledger, sample rollouts, config")
+    report.add_argument("run_dir", type=Path, help="a run directory of any recipe, or one holding stage runs (demo)")
+    report.add_argument("--out", type=Path, default=None, help="the page to write (default RUN_DIR/report.html)")
+    report.add_argument("--eval", dest="evals", type=Path, action="append", default=[], metavar="DIR",
+                        help="a `posttrain eval` output (its directory or eval.json) to show too; repeatable")
+    report.add_argument("--screenshot", type=Path, default=None, metavar="PNG",
+                        help="also render the page with headless Chromium to this PNG")
+
     data = sub.add_parser("make-data", help="write a built-in task as JSONL (arithmetic; spreadsheet with its workbooks)")
     data.add_argument("task", choices=["arithmetic", "spreadsheet"])
     data.add_argument("out", type=Path)
@@ -123,6 +132,20 @@ def _make_spreadsheet_data(ns) -> int:
     return 0
 
 
+def _report(ns) -> int:
+    """`posttrain report`: the page, the problems met (each naming its file), the screenshot."""
+    from posttrain.report import screenshot, write_report
+
+    path, problems = write_report(ns.run_dir, ns.out, ns.evals)
+    for message in problems:
+        print(f"posttrain report: warning: {message}", file=sys.stderr)
+    print(f"report: {path}")
+    if ns.screenshot is not None:
+        png, whole = screenshot(path, ns.screenshot)
+        print(f"screenshot: {png}" + ("" if whole else " (the page is longer than the window: cut at the bottom)"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # Recipes print their own progress; transformers' per-file load/save bars are noise here.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -147,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             out = build_tiny_model(ns.out_dir, arch=ns.arch, preset=ns.preset, seed=ns.seed)
             print(f"tiny {ns.arch} model ({ns.preset}) written to {out}")
             return 0
+        if ns.command == "report":
+            return _report(ns)
         if ns.command == "make-data" and ns.task == "spreadsheet":
             return _make_spreadsheet_data(ns)
         if ns.command == "make-data":

@@ -4,6 +4,7 @@ A recipe creates one ``Run`` with ``Run.start(...)`` and talks to it; the run ow
 
     runs/<name>/config.yaml        resolved config, written at start
     runs/<name>/metrics.jsonl      one JSON object per logged step: {"step": 12, "time": <unix>, "loss": ...}
+    runs/<name>/rollouts.jsonl     RL: a few rollouts of each logged step ({"step": 12, "prompt": ..., "reward": ...})
     runs/<name>/tb/                TensorBoard event files
     runs/<name>/checkpoints/       see posttrain.checkpoint
     runs/<name>/model/             final model (the recipe saves it to run.model_dir)
@@ -206,7 +207,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _truncate_metrics(path: Path, last_step: int) -> int:
-    """Keep only the metrics lines with step <= last_step; returns how many lines were dropped.
+    """Keep only the lines with step <= last_step (metrics.jsonl, rollouts.jsonl); returns how
+    many lines were dropped.
 
     A killed run may have logged past its last checkpoint (and may have died mid-line); those
     lines would duplicate the steps the resumed run is about to log again.
@@ -265,6 +267,7 @@ class Run:
         self.resume_step = ckpt.checkpoint_step(resume_checkpoint) if resume_checkpoint else None
         self.started = time.time()  # wall-clock start, for the summary's `seconds`
         self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")
+        self._rollouts_file: Any = None  # opened on the first `log_rollouts` (RL runs only)
         self._tb: Any = None
         self._wandb: Any = None
         self._closed = False
@@ -325,6 +328,7 @@ class Run:
         if resume_from is not None:
             step = ckpt.checkpoint_step(resume_from)
             dropped = _truncate_metrics(run_dir / "metrics.jsonl", step)
+            _truncate_metrics(run_dir / "rollouts.jsonl", step)
             console.print(
                 f"Resuming {run_dir} from {resume_from.name}"
                 + (f" (dropped {dropped} metrics lines logged after it)" if dropped else "")
@@ -370,6 +374,10 @@ class Run:
     @property
     def metrics_path(self) -> Path:
         return self.dir / "metrics.jsonl"
+
+    @property
+    def rollouts_path(self) -> Path:
+        return self.dir / "rollouts.jsonl"
 
     @property
     def tb_dir(self) -> Path:
@@ -429,6 +437,20 @@ class Run:
         if self._wandb is not None:
             self._wandb.log(values, step=step)
 
+    def log_rollouts(self, step: int, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append one line per record to rollouts.jsonl (flushed), each ``{"step": step, **record}``.
+
+        Records are plain JSON (texts, rewards, ids); a resumed run drops the lines logged after
+        its checkpoint, as it does for metrics.jsonl.
+        """
+        if self._closed:
+            raise RuntimeError(f"run {self.dir} is closed; cannot log rollouts of step {step}")
+        if self._rollouts_file is None:
+            self._rollouts_file = open(self.rollouts_path, "a", encoding="utf-8")
+        for record in records:
+            self._rollouts_file.write(json.dumps({"step": step, **record}, allow_nan=False) + "\n")
+        self._rollouts_file.flush()
+
     def check_finite(self, step: int, metrics: Mapping[str, Any]) -> None:
         """``check_finite`` naming this run's latest checkpoint in its message."""
         check_finite(step, metrics, run_dir=self.dir)
@@ -471,6 +493,8 @@ class Run:
             return
         self._closed = True
         self._metrics_file.close()
+        if self._rollouts_file is not None:
+            self._rollouts_file.close()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:

@@ -40,6 +40,7 @@ from posttrain.recipes.rl.grpo import load_policy, train_on_batch
 from posttrain.recipes.rl.multi_turn import episode_limits
 from posttrain.recipes.rl.rewards import check_sandbox
 from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
+from posttrain.recipes.rl.samples import RolloutLog
 from posttrain.rewards import resolve_reward
 from posttrain.training.loop import TrainingLoop, set_seed, start_run, warn_to
 from posttrain.training.optim import build_optimizer, build_scheduler
@@ -115,6 +116,7 @@ def train(cfg: PivotRLConfig) -> dict:
         ledger = ComputeLedger()
         n_params = matmul_params(model)
         generate_and_score = single_turn_round(engine, verifier, ledger, n_params)
+        samples = RolloutLog(run, cfg.rollout.log_samples, cfg.run.log_every, cfg.steps)
         limits = episode_limits(cfg, getattr(model.config, "max_position_embeddings", None))
         profiler = CandidateProfiler(
             candidates, states.prompt_ids, rows, engine, verifier, verifier_name,
@@ -162,7 +164,7 @@ def train(cfg: PivotRLConfig) -> dict:
                 metrics.update({"train/update_skipped": 1.0, "pivots/rollout_turns": 0.0, "pivots/generated_tokens": 0.0})
                 return metrics
             batch, rollout_metrics = collect_rollouts(generate_and_score, pivots, cfg, algo, step,
-                                                      tokenizer.pad_token_id)
+                                                      tokenizer.pad_token_id, samples)
             metrics.update(rollout_metrics)
             if batch.size:
                 metrics.update(train_on_batch(model, reference, engine, optimizer, scheduler, batch, cfg, algo, run,

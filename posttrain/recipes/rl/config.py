@@ -63,6 +63,9 @@ class RolloutConfig:
     top_k: int = 0
     # DAPO dynamic sampling: how many extra generation rounds may refill dropped groups.
     max_refill_rounds: int = 3
+    # Rollouts of each logged step kept as text in the run's rollouts.jsonl (prompt, completion,
+    # reward, group; the first ones of the step's first round), for `posttrain report`. 0 = none.
+    log_samples: int = 4
 
 
 SANDBOX_LEVELS = ("filesystem", "network", "processes")  # posttrain.verifiers.sandbox.LEVELS
@@ -191,6 +194,7 @@ class RLConfig:
         require(r.prompts_per_step > 0, "rollout.prompts_per_step must be > 0")
         require(r.samples_per_prompt >= 1, "rollout.samples_per_prompt must be >= 1")
         require(r.max_new_tokens > 0, "rollout.max_new_tokens must be > 0")
+        require(r.log_samples >= 0, f"rollout.log_samples must be >= 0, got {r.log_samples}")
         require(r.temperature > 0, "rollout.temperature must be > 0 for RL (the policy gradient needs sampling)")
         require(self.micro_batch_size > 0, "micro_batch_size must be > 0")
         require(sequences % self.micro_batch_size == 0,

@@ -40,6 +40,7 @@ from posttrain.recipes.rl.config import RLConfig
 from posttrain.recipes.rl.rewards import reward_runners, turn_reward_runner
 from posttrain.recipes.rl.multi_turn import episode_limits, rollout_round
 from posttrain.recipes.rl.rollouts import collect_rollouts
+from posttrain.recipes.rl.samples import RolloutLog
 from posttrain.recipes.rl.evaluation import evaluate_prompts
 from posttrain.run import Run
 from posttrain.training.loop import TrainingLoop, set_seed, start_run
@@ -69,13 +70,14 @@ def train(cfg: RLConfig) -> dict:
         generate_and_score = rollout_round(engine, tokenizer, rewards, ledger, n_params, make_env, limits,
                                            turn_rewards, cfg.reward.turn_coef)
         episodes = (make_env, tokenizer, limits) if make_env else None
+        samples = RolloutLog(run, cfg.rollout.log_samples, cfg.run.log_every, cfg.steps)
 
         def evaluate() -> dict:
             return evaluate_prompts(engine, eval_prompts, score_eval, cfg, ledger, n_params, episodes=episodes)
 
         def rl_step(step: int) -> dict:
             batch, metrics = collect_rollouts(generate_and_score, train_prompts, cfg, algo, step,
-                                              tokenizer.pad_token_id)
+                                              tokenizer.pad_token_id, samples)
             if batch.size:
                 metrics.update(train_on_batch(model, reference, engine, optimizer, scheduler, batch, cfg, algo, run,
                                               step, ledger, n_params))

@@ -29,9 +29,10 @@ from posttrain.engines.base import Engine, SamplingParams
 from posttrain.envs.base import Environment, Trajectory
 from posttrain.recipes.rl.batch import trajectory_sequence
 from posttrain.recipes.rl.rollouts import GenerateAndScore, ScoredRound
+from posttrain.recipes.rl.samples import transcript
 from posttrain.verifiers.combine import RewardRunner
 
-__all__ = ["EpisodeAnswer", "episode_generator", "episode_limits", "final_answer", "multi_turn_round",
+__all__ = ["EpisodeAnswer", "episode_generator", "episode_limits", "episode_text", "final_answer", "multi_turn_round",
            "play_episodes", "rollout_round", "score_turns", "turn_inputs", "with_turn_scores"]
 
 
@@ -60,6 +61,12 @@ def play_episodes(engine: Engine, make_env: Callable[[dict], Environment], token
             if callable(getattr(env, "close", None)):
                 env.close()
     return prompt_index, flat_rows, trajectories, answers, stats
+
+
+def episode_text(trajectory: Trajectory) -> str:
+    """The conversation after the reset messages (from the model's first turn on), as text."""
+    first = next((s.message_index for s in trajectory.spans if s.source == "model"), len(trajectory.messages))
+    return transcript(trajectory.messages[first:])
 
 
 def turn_inputs(trajectories: list[Trajectory]) -> tuple[list[int], list[Any], list[str], list[dict]]:
@@ -126,7 +133,8 @@ def multi_turn_round(engine: Engine, make_env: Callable[[dict], Environment], re
         for trajectory, reward in zip(trajectories, totals):
             trajectory.reward = reward
         sequences = [trajectory_sequence(t) for t in trajectories]
-        return ScoredRound(sequences, totals, prompt_index, metrics, episodes=stats)
+        return ScoredRound(sequences, totals, prompt_index, metrics, episodes=stats,
+                           texts=[episode_text(t) for t in trajectories])
 
     return generate_and_score
 

@@ -56,6 +56,7 @@ from posttrain.recipes.rl.grpo import old_logprobs
 from posttrain.recipes.rl.rewards import reward_runners, turn_reward_runner
 from posttrain.recipes.rl.multi_turn import episode_limits, rollout_round
 from posttrain.recipes.rl.rollouts import collect_rollouts
+from posttrain.recipes.rl.samples import RolloutLog
 from posttrain.recipes.rl.evaluation import evaluate_prompts
 from posttrain.rewards import REWARD_MODEL_PREFIX
 from posttrain.run import Run
@@ -97,13 +98,14 @@ def train(cfg: RLConfig) -> dict:
         generate_and_score = rollout_round(engine, tokenizer, rewards, ledger, n_params["policy"], make_env, limits,
                                            turn_rewards, cfg.reward.turn_coef)
         episodes = (make_env, tokenizer, limits) if make_env else None
+        samples = RolloutLog(run, cfg.rollout.log_samples, cfg.run.log_every, cfg.steps)
 
         def evaluate() -> dict:
             return evaluate_prompts(engine, eval_prompts, score_eval, cfg, ledger, n_params["policy"], episodes=episodes)
 
         def ppo_step(step: int) -> dict:
             batch, metrics = collect_rollouts(generate_and_score, train_prompts, cfg, algo, step,
-                                              tokenizer.pad_token_id)
+                                              tokenizer.pad_token_id, samples)
             metrics["reward/score_mean"] = metrics.get("rewards/total/mean", float("nan"))
             metrics["kl/beta"] = kl_control.value  # the β this batch's rewards are penalised with
             if batch.size:

@@ -34,13 +34,15 @@ from posttrain.verifiers.combine import RewardRunner
 @dataclass
 class ScoredRound:
     """One round of rollouts: `sequences[i]` answers prompt `prompt_index[i]` of the round's rows
-    and scored `rewards[i]` (None: not scorable)."""
+    and scored `rewards[i]` (None: not scorable); `texts[i]` is what it says (the completion, or
+    the episode's conversation), for the rollouts sample (empty: the round gave no text)."""
 
     sequences: list[TokenSequence]
     rewards: list[float | None]
     prompt_index: list[int]
     metrics: dict = field(default_factory=dict)  # the reward runner's figures for this round
     episodes: EpisodeStats | None = None  # multi-turn rounds: turns, stops, tool calls
+    texts: list[str] = field(default_factory=list)
 
 
 # (rows, prompt token ids, sampling) -> ScoredRound; `sampling.n` rollouts per prompt.
@@ -63,15 +65,17 @@ def single_turn_round(engine: Engine, rewards: RewardRunner, ledger: ComputeLedg
         with ledger.timed("scoring"):
             report = rewards([row["prompt"] for row in flat_rows], [c.text for c in completions], flat_rows)
         sequences = [single_turn_sequence(prompt_ids[i], c) for i, c in zip(prompt_index, completions)]
-        return ScoredRound(sequences, report.total, prompt_index, report.metrics())
+        return ScoredRound(sequences, report.total, prompt_index, report.metrics(),
+                           texts=[c.text for c in completions])
 
     return generate_and_score
 
 
 def collect_rollouts(generate_and_score: GenerateAndScore, prompts: PromptSet, cfg, algo, step: int,
-                     pad_id: int) -> tuple[RolloutBatch, dict]:
+                     pad_id: int, sample_log=None) -> tuple[RolloutBatch, dict]:
     """The step's scored rollouts, G per prompt; with dynamic sampling only informative groups
     (rewards not all equal), refilled from later prompts for up to `max_refill_rounds` rounds.
+    `sample_log` (a `samples.RolloutLog`) gets the first round, to keep a few rollouts as text.
 
     Returns the batch to train on (empty when every group was uniform) and the step's metrics.
     """
@@ -90,9 +94,11 @@ def collect_rollouts(generate_and_score: GenerateAndScore, prompts: PromptSet, c
                                seed=cfg.run.seed + 17)
         sampling = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                                   top_k=r.top_k, n=G, seed=cfg.run.seed * 100_003 + step * 101 + round_index)
-        scored = generate_and_score([prompts.rows[i] for i in indices], [prompts.prompt_ids[i] for i in indices],
-                                    sampling)
+        rows = [prompts.rows[i] for i in indices]
+        scored = generate_and_score(rows, [prompts.prompt_ids[i] for i in indices], sampling)
         group_ids = [total_groups + i for i in scored.prompt_index]  # unique across the step's rounds
+        if sample_log is not None and round_index == 0:
+            sample_log.record(step, rows, scored, group_ids)
         batch = shape_rewards(build_batch(scored.sequences, scored.rewards, group_ids, pad_id), cfg, algo)
         sampled.append(batch)
         round_metrics.append((scored.metrics, batch.size))
