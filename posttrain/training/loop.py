@@ -34,6 +34,11 @@ from posttrain.plots import plot_metrics
 from posttrain.run import Run
 
 
+def logged_step(done: int, log_every: int, steps: int) -> bool:
+    """Whether `TrainingLoop.train` logs the metrics after `done` steps: every `log_every`, and the last."""
+    return done % log_every == 0 or done == steps
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -124,7 +129,7 @@ class TrainingLoop:
                 done = step + 1
                 metrics = train_step(step)
                 metrics.update(self.ledger.metrics())
-                if done % cfg.log_every == 0 or done == self.steps:
+                if logged_step(done, cfg.log_every, self.steps):
                     self.run.log(done, metrics)
                 bar.advance(**postfix(metrics))
                 if cfg.eval_every and done % cfg.eval_every == 0 and done < self.steps:

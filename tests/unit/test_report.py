@@ -297,7 +297,7 @@ def test_a_tiny_rl_run_writes_rollouts_and_gets_reported(tmp_path):
     assert [r["step"] for r in records] == [2, 2, 2, 3, 3, 3]  # logged steps only, 3 each
     assert all(r["reward"] in (0.0, 1.0) and r["prompt"] and "completion" in r for r in records)
     assert [r["group"] for r in records[:3]] == [0, 0, 1]
-    # The same steps as the training lines of metrics.jsonl (samples.logged_step is the loop's rule).
+    # The same steps as the training lines of metrics.jsonl (both follow training.loop.logged_step).
     trained = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                if "reward/mean" in line]
     assert sorted({r["step"] for r in records}) == trained

@@ -2,8 +2,8 @@
 
 Curves say that the reward rose; the rollouts say how (a format learned, a hedge, a hack).
 `collect_rollouts` hands the step's first round to `RolloutLog.record`, which keeps its first
-`rollout.log_samples` sequences at the steps the loop logs (`logged_step`: the rule of
-`TrainingLoop.train`) and writes them through the run, one JSON line each::
+`rollout.log_samples` sequences at the steps the loop logs (`training.loop.logged_step`, the
+rule `TrainingLoop.train` logs by) and writes them through the run, one JSON line each::
 
     {"step": 12, "group": 0, "sample": 1, "prompt": "3+4=", "completion": "7", "reward": 1.0,
      "tokens": 2, "truncated": false}
@@ -22,16 +22,12 @@ import math
 from typing import Any
 
 from posttrain.run import Run
+from posttrain.training.loop import logged_step
 
 # Characters kept of each text: prompts are often a long system prompt then a short question,
 # completions the reasoning then the answer, so both ends are kept.
 MAX_PROMPT_CHARS = 1500
 MAX_COMPLETION_CHARS = 3000
-
-
-def logged_step(done: int, log_every: int, steps: int) -> bool:
-    """Whether `TrainingLoop.train` logs the metrics after `done` steps: every `log_every`, and the last."""
-    return done % log_every == 0 or done == steps
 
 
 def shorten(text: str, limit: int) -> str:
