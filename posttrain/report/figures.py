@@ -46,9 +46,11 @@ def metric_series(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray
             if key in ("step", "time") or value is None:
                 continue
             points.setdefault(key, []).append((record["step"], value))
-    return {key: (np.array([p[0] for p in sorted(pts, key=lambda p: p[0])], dtype=np.int64),
-                  np.array([p[1] for p in sorted(pts, key=lambda p: p[0])]))
-            for key, pts in points.items()}
+    out = {}
+    for key, pts in points.items():
+        pts.sort(key=lambda p: p[0])  # stable: equal steps keep file order
+        out[key] = (np.array([p[0] for p in pts], dtype=np.int64), np.array([p[1] for p in pts]))
+    return out
 
 
 def curve_groups(series: dict) -> list[tuple[str, list[str]]]:
