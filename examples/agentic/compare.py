@@ -4,6 +4,8 @@ with SFT only, on the spreadsheet environment (after Yi et al. 2026, arXiv 2603.
     python examples/agentic/compare.py                    # the reference scale (docs/results/agentic/)
     python examples/agentic/compare.py --scale smoke      # a minute: every stage, tiny numbers
     python examples/agentic/compare.py --out runs/agentic --reuse   # reuse finished stages
+    python examples/agentic/compare.py --out runs/lr1e-4 --reuse --rl-set optim.lr=1e-4 --pivot-set optim.lr=1e-4
+        # a variant: copy a finished run's base/sft stages (and tasks/, model-*/) into runs/lr1e-4 first
 
 From the same generated tasks and the same scripted-expert trajectories:
     1. tasks (train / held-out workbooks) and the expert's conversations; SFT data = those plus
@@ -56,8 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-sft", "--reuse", action="store_true",
                         help="reuse every finished stage under --out (base, SFT, RL and PivotRL runs)")
     parser.add_argument("--without-large", action="store_true", help="leave out the larger model's row")
+    parser.add_argument("--pivot-tasks", type=int, help="expert trajectories PivotRL draws candidates from "
+                        "(default: the scale's pivot_tasks)")
+    parser.add_argument("--rl-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for the end-to-end RL run (repeatable), e.g. optim.lr=1e-4")
+    parser.add_argument("--pivot-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for the PivotRL run (repeatable), e.g. pivot.max_candidates=128")
     args = parser.parse_args(argv)
-    scale = SCALES[args.scale]
+    scale = dict(SCALES[args.scale])
+    if args.pivot_tasks is not None:
+        scale["pivot_tasks"] = args.pivot_tasks
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("POSTTRAIN_CACHE", str(out / "cache"))
@@ -85,12 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     from posttrain.recipes import pivotrl, rl
 
     records: list[dict] = []
+    overrides = {"rl": args.rl_set, "pivotrl": [f"pivot_tasks={scale['pivot_tasks']}"] + args.pivot_set}
 
     def add(method: str, run: str, seconds: float, scores: dict | None = None) -> None:
         """Evaluate `run`'s final model and rewrite the outputs with it: a stopped comparison keeps its rows."""
         summary = json.loads((out / run / "summary.json").read_text())
         scores = scores or evaluate(Path(summary["model_dir"]), out, env, scale, args.seed)
-        records.append({"method": method, "run": run, **scores, **spent(out / run, summary), "seconds": round(seconds, 1),
+        records.append({"method": method, "run": run, "overrides": overrides.get(run, []), **scores, **spent(out / run, summary), "seconds": round(seconds, 1),
                         "parameters": count_parameters(Path(summary["model_dir"])),
                         "turn_accuracy": turn_accuracy(Path(summary["model_dir"]), env, args.seed)})
         print(f"{method}: held-out success {records[-1]['success']:.1%}", flush=True)
@@ -101,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     add("SFT", "sft", sft_small["seconds"], first)
     seconds = timed(out / "rl", args.skip_sft, lambda: rl.train(load_config(rl.RLConfig, None, common + [
         f"model.name_or_path={sft_small['model_dir']}", "run.name=rl", "algorithm.name=grpo", "algorithm.kl_coef=0",
-        f"steps={scale['rl_steps']}"])))
+        f"steps={scale['rl_steps']}"] + args.rl_set)))
     add("SFT → RL", "rl", seconds)
     seconds = timed(out / "pivotrl", args.skip_sft, lambda: pivotrl.train(load_config(pivotrl.PivotRLConfig, None, common + [
         f"model.name_or_path={sft_small['model_dir']}", "run.name=pivotrl", f"steps={scale['pivot_steps']}",
-        f"pivot.samples_per_candidate={scale['k']}", f"pivot.expert={data['pivot_experts']}"])))
+        f"pivot.samples_per_candidate={scale['k']}", f"pivot.expert={data['pivot_experts']}"] + args.pivot_set)))
     add("SFT → PivotRL", "pivotrl", seconds)
     if not args.without_large:  # last: the row that costs the most and answers the least
         sft_large = sft(out, "sft-large", pretrained("base-large", large), data["sft"], scale["large_sft_steps"],
@@ -294,6 +305,7 @@ def table(records: list[dict], scale: str, timings: dict) -> str:
         lines.append(f"| {r['method']} | {r['parameters'] / 1e6:.1f} M | {r['success']:.1%} | {r['success_sampled']:.1%} "
                      f"| {r['turns_per_episode']:.2f} | {r['ood_accuracy']:.1%} | {r['rollout_turns']:,} "
                      f"| {r['generated_tokens']:,} | {r['flops']:.3g} | {r['seconds']:.0f} |")
+    lines += [""] + [f"Overrides of {r['method']}: {', '.join(r['overrides'])}" for r in records if r.get("overrides")]
     lines += ["", "Greedy action accuracy per expert turn on held-out tasks (teacher-forced history, PivotRL's "
               "functional verifier): " + "; ".join(
                   f"{r['method']}: " + ", ".join(f"{tool} {acc:.0%}" for tool, acc in r.get("turn_accuracy", {}).items())

@@ -2,7 +2,8 @@
 
 PivotRL (Yi et al. 2026, arXiv 2603.21383), top to bottom:
     expert trajectories (the environment's scripted expert, or a JSONL of chat records)
-    → candidates: every expert model call, state = the history before it (pivot/candidates.py)
+    → candidates: every expert model call, state = the history before it (pivot/candidates.py),
+      or a seeded sample of `pivot.max_candidates` of them
     → profile each candidate with the frozen starting policy: K one-turn samples, each scored by
       the functional verifier against the expert's action, no environment step (pivot/profile.py)
     → pivots: reward variance > 0 and mean < λ
@@ -22,6 +23,7 @@ restores which profile (initial or a re-profile) was in use.
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 from typing import Union
 
@@ -67,6 +69,10 @@ class PivotConfig:
     reward: Union[str, None] = None
     # Where profiles are saved and looked up; null = <run dir>/profiles.
     profile_dir: Union[str, None] = None
+    # Profile at most this many candidates, drawn uniformly (seeded) from every expert turn; null =
+    # all. Profiling costs K turns per candidate, so a fixed budget spread over many trajectories
+    # sees more distinct states than the same budget spent on every turn of a few.
+    max_candidates: Union[int, None] = None
 
 
 @dataclasses.dataclass
@@ -84,6 +90,8 @@ class PivotRLConfig(RLConfig):
         require(p.min_variance >= 0, f"pivot.min_variance must be >= 0, got {p.min_variance}")
         require(p.reprofile_at is None or 0 < p.reprofile_at <= 1,
                 f"pivot.reprofile_at must lie in (0, 1] or be null, got {p.reprofile_at}")
+        require(p.max_candidates is None or p.max_candidates >= 1,
+                f"pivot.max_candidates must be >= 1 or null, got {p.max_candidates}")
         require(p.reprofile_window >= 1, f"pivot.reprofile_window must be >= 1, got {p.reprofile_window}")
         require(not self.needs_critic(), "pivotrl trains with a group baseline; a critic algorithm (ppo) does not apply")
 
@@ -106,6 +114,7 @@ def train(cfg: PivotRLConfig) -> dict:
                                                    eval_rewards=task_success, source_rows=spec.rows)
         candidates = extract_candidates(expert_rows(cfg, spec, train_tasks.rows), source=cfg.pivot.expert)
         require(bool(candidates), f"pivot.expert {cfg.pivot.expert!r} gave no assistant turns to train on")
+        candidates = subsample(candidates, cfg.pivot.max_candidates, cfg.run.seed)
         encoder = TemplateEncoder(tokenizer)
         rows = [candidate_row(c, cfg.env.parser) for c in candidates]
         states = PromptSet(rows, [encoder.prompt_ids(c.state, c.tools) for c in candidates])
@@ -200,6 +209,14 @@ def train(cfg: PivotRLConfig) -> dict:
             title=f"PivotRL: {cfg.run.name}",
             plot_keys=["reward/mean", "pivots/kept", "eval/accuracy_greedy", "eval/accuracy_sampled",
                        "entropy/mean", "response/length_mean"])
+
+
+def subsample(candidates: list, limit: Union[int, None], seed: int) -> list:
+    """At most `limit` candidates, a seeded uniform draw kept in their original order."""
+    if limit is None or len(candidates) <= limit:
+        return candidates
+    chosen = set(random.Random(seed).sample(range(len(candidates)), limit))
+    return [c for i, c in enumerate(candidates) if i in chosen]
 
 
 def expert_rows(cfg: PivotRLConfig, spec, task_rows: list[dict]) -> list[dict]:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from posttrain.agents.tool_env import ToolEnvironment
-from posttrain.config import load_config
+from posttrain.config import ConfigError, load_config
 from posttrain.envs.registry import EnvironmentSpec
 from posttrain.recipes import pivotrl
 from simulated_kill import killed_after_step
@@ -136,3 +136,20 @@ def test_a_killed_pivotrl_run_resumes_to_the_same_numbers(tmp_path, monkeypatch)
     assert sorted(got) == [1, 2, 3, 4]
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+
+
+def test_max_candidates_profiles_a_seeded_sample_of_the_expert_turns(tmp_path):
+    summary = pivotrl.train(load_config(pivotrl.PivotRLConfig, None, overrides(
+        tmp_path, "sampled", "pivot.reprofile_at=null", "pivot.max_candidates=5", "steps=1")))
+    assert summary["candidates"] == 5 and summary["profile_rollout_turns"] == 5 * 4
+    profiled = [json.loads(line)["candidate_id"] for line in
+                (tmp_path / "sampled" / "profiles" / "profile-0.jsonl").read_text().splitlines()[1:]]
+    order = [tuple(map(int, c.split(":"))) for c in profiled]
+    assert order == sorted(order) and len(set(profiled)) == 5  # distinct, in expert order
+
+    assert pivotrl.subsample(list(range(12)), 5, seed=3) == pivotrl.subsample(list(range(12)), 5, seed=3)
+    assert pivotrl.subsample(list(range(12)), 5, seed=3) != pivotrl.subsample(list(range(12)), 5, seed=4)
+    assert pivotrl.subsample(list(range(4)), 5, seed=3) == [0, 1, 2, 3]
+    assert pivotrl.subsample(list(range(4)), None, seed=3) == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match="pivot.max_candidates"):
+        load_config(pivotrl.PivotRLConfig, None, overrides(tmp_path, "bad", "pivot.max_candidates=0"))
