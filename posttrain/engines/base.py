@@ -39,6 +39,12 @@ class SamplingParams:
             the global RNG state. ``None`` draws the seed from torch's global RNG (so
             ``torch.manual_seed`` still makes a run reproducible).
         stop_token_ids: extra tokens that end a completion, on top of the tokenizer's EOS.
+        stop_sequences: token-id sequences that end a completion as soon as its generated tokens
+            end with one (the sequence is kept in ``token_ids`` and ``text``, as a stop token is
+            kept in ``token_ids``). For delimiters that are several tokens long, such as
+            ``</think>`` in a tokenizer without it as a special token: the thinking-budget
+            controller (``posttrain/scaling/thinking.py``) stops a thinking phase on it. Matched on
+            generated tokens only, not across the prompt boundary.
 
     Top-k and top-p change *which* tokens can be sampled, not the log-probs reported in
     :class:`Completion` (see there).
@@ -51,6 +57,7 @@ class SamplingParams:
     n: int = 1
     seed: int | None = None
     stop_token_ids: list[int] | None = None
+    stop_sequences: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
@@ -72,11 +79,27 @@ class SamplingParams:
             for i, token in enumerate(self.stop_token_ids):
                 _check_int(f"stop_token_ids[{i}]", token, minimum=0)
             self.stop_token_ids = list(self.stop_token_ids)
+        if self.stop_sequences is not None:
+            self.stop_sequences = _check_sequences(self.stop_sequences)
 
     @property
     def greedy(self) -> bool:
         """True when decoding is deterministic argmax (temperature 0)."""
         return self.temperature == 0
+
+
+def _check_sequences(sequences: Any) -> list[list[int]]:
+    if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Sequence):
+        raise ValueError(f"SamplingParams.stop_sequences must be a list of token-id lists, got {sequences!r}")
+    out = []
+    for i, sequence in enumerate(sequences):
+        if isinstance(sequence, (str, bytes)) or not isinstance(sequence, Sequence) or len(sequence) == 0:
+            raise ValueError(f"SamplingParams.stop_sequences[{i}] must be a non-empty list of token ids, "
+                             f"got {sequence!r}")
+        for j, token in enumerate(sequence):
+            _check_int(f"stop_sequences[{i}][{j}]", token, minimum=0)
+        out.append([int(token) for token in sequence])
+    return out
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
@@ -99,8 +122,10 @@ class Completion:
             agree up to float error. Top-k / top-p change what is sampled but not what is reported
             (a filtered-out token would otherwise have log-prob -inf). For T = 0 (greedy) the
             log-probs are reported at T = 1.
-        text: the decoded completion, without the final stop token (other special tokens are kept).
-        finish_reason: ``"stop"`` when a stop token ended it, ``"length"`` at ``max_new_tokens``.
+        text: the decoded completion, without the final stop token (other special tokens, and a
+            stop sequence that ended it, are kept).
+        finish_reason: ``"stop"`` when a stop token or stop sequence ended it, ``"length"`` at
+            ``max_new_tokens``.
     """
 
     prompt_index: int

@@ -36,7 +36,7 @@ from posttrain.engines.kv_cache import decode_cache, drop_leading_columns, suppo
 from posttrain.engines.sampling import select_next_tokens
 from posttrain.models.device import model_device
 
-__all__ = ["HFEngine"]
+__all__ = ["HFEngine", "ends_with_any"]
 
 # Finished rows are removed from the batch and the KV cache once they make up this fraction of it.
 # Removing copies the whole cache, so doing it for every single finished row costs more than it
@@ -115,7 +115,8 @@ class HFEngine:
                     prompt_tokens += processed
                     generated_tokens += sum(lengths)
                     for prompt_index, ids, lps, length, stop in zip(chunk, tokens, logprobs, lengths, stopped):
-                        results[prompt_index].append(self._completion(prompt_index, ids[:length], lps[:length], stop))
+                        results[prompt_index].append(
+                            self._completion(prompt_index, ids[:length], lps[:length], stop, stop_ids))
         finally:
             for module, training in modes.items():
                 module.training = training
@@ -196,6 +197,8 @@ class HFEngine:
         lengths = torch.full((rows,), steps, dtype=torch.long, device=device)
         stopped = torch.zeros(rows, dtype=torch.bool, device=device)
         stop_tensor = torch.tensor(stop_ids, dtype=torch.long, device=device)
+        sequences = [torch.tensor(seq, dtype=torch.long, device=device) for seq in sampling.stop_sequences or []]
+        longest_sequence = max((len(seq) for seq in sequences), default=0)
         live = torch.arange(rows, device=device)  # batch position -> row
         alive = torch.ones(rows, dtype=torch.bool, device=device)  # per batch position
         droppable_columns = supports_column_drop(cache)
@@ -208,6 +211,9 @@ class HFEngine:
             out_tokens[live[alive], step] = tokens[alive]
             out_logprobs[live[alive], step] = logprobs[alive]
             is_stop = torch.isin(tokens, stop_tensor) & alive
+            if sequences:
+                recent = out_tokens[live, max(0, step + 1 - longest_sequence) : step + 1]
+                is_stop = is_stop | (ends_with_any(recent, sequences) & alive)
             if step == steps - 1:
                 stopped[live[is_stop]] = True
                 break
@@ -252,9 +258,11 @@ class HFEngine:
 
     # ------------------------------------------------------------------ helpers
 
-    def _completion(self, prompt_index: int, ids: list[int], logprobs: list[float], stopped: bool) -> Completion:
-        # The text drops the final stop token (rewards read the answer, not the end-of-turn marker).
-        text_ids = ids[:-1] if stopped else ids
+    def _completion(self, prompt_index: int, ids: list[int], logprobs: list[float], stopped: bool,
+                    stop_ids: list[int]) -> Completion:
+        # The text drops the final stop token (rewards read the answer, not the end-of-turn marker);
+        # a stop sequence stays, since it is part of what was written (a closing </think>).
+        text_ids = ids[:-1] if stopped and ids and ids[-1] in stop_ids else ids
         text = self.tokenizer.decode(text_ids, skip_special_tokens=False) if self.tokenizer is not None else ""
         return Completion(prompt_index, ids, logprobs, text, "stop" if stopped else "length")
 
@@ -277,6 +285,16 @@ class HFEngine:
             if isinstance(value, int):
                 return value
         return 0
+
+
+def ends_with_any(tokens: torch.Tensor, sequences: list[torch.Tensor]) -> torch.Tensor:
+    """(B,) True where row b of ``tokens`` (B, T), the latest T generated tokens, ends with one of
+    ``sequences`` (1-D id tensors); a sequence longer than T cannot match yet."""
+    hit = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    for sequence in sequences:
+        if len(sequence) <= tokens.shape[1]:
+            hit |= (tokens[:, tokens.shape[1] - len(sequence) :] == sequence).all(dim=-1)
+    return hit
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,7 +48,8 @@ def builtin_prompt_rows(source: str, n: int, seed: int, split: str, options: dic
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from exc
     raise ValueError(f"unknown built-in data source {source!r}; available: 'builtin:arithmetic', "
-                     "'builtin:reasoning_gym/<task>' (e.g. builtin:reasoning_gym/basic_arithmetic)")
+                     "'builtin:reasoning_gym/<task>' (e.g. builtin:reasoning_gym/basic_arithmetic), "
+                     "'builtin:humaneval'")
 
 
 def _arithmetic_task(source: str, options: dict[str, Any]) -> ArithmeticTask:

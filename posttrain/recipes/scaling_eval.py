@@ -3,19 +3,22 @@
     posttrain eval model.name_or_path=runs/sft/final data.train=builtin:arithmetic samples=16
 
 One pass generates `samples` completions per prompt at `temperature` (plus one greedy
-completion), scores each through the reward runner the trainers use (timeout, on_error, error
-counts), and keeps every sample in `<out>/samples.jsonl` (prompt id, sample index, text, extracted
-answer, score, weight, tokens). From those records, for every k in `ks`: pass@k and pass^k
-(unbiased), maj@k (answers bucketed by the reward's own equivalence), and, with `weights` set (a
-reward model `reward_model:<dir>` or any reward name; its score goes through a logistic, so any
-real number works), weighted
-majority and best-of-k -- each with a bootstrap interval over prompts and the generated tokens
-and FLOPs per problem that k samples cost. Written as `eval.json`, `eval.png` (accuracy against
-tokens per problem) and a terminal table.
+completion, which at temperature 0 is also sample 0), scores each through the reward runner the
+trainers use (timeout, on_error, error counts), and keeps every sample in `<out>/samples.jsonl`
+(prompt id, sample index, text, extracted answer, score, weight, tokens). From those records,
+for every k in `ks`: pass@k and pass^k (unbiased), maj@k (answers bucketed by the reward's own
+equivalence), and, with `weights` set (a reward model `reward_model:<dir>` or any reward name; its
+score goes through a logistic, so any real number works), weighted majority and best-of-k -- each
+with a bootstrap interval over prompts and the generated tokens and FLOPs per problem that k
+samples cost. Written as `eval.json`, `eval.png` (accuracy against tokens per problem) and a
+terminal table.
 
 A stopped evaluation resumes: prompts already in samples.jsonl are not generated again (their
 batch's seed is fixed by its position, so the result is the one an uninterrupted run gets). A
 samples.jsonl written with other settings is refused, naming the setting.
+
+The prompts may be benchmark files as published (`data.format`, posttrain/data/benchmarks.py):
+`data.eval=builtin:humaneval reward=code`, or a GSM8K / MATH JSONL with `reward=math`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Optional, Union
 
 from posttrain.config import ConfigError, DataConfig, ModelConfig, require
+from posttrain.recipes.sequential_eval import (RevisionConfig, ThinkingConfig, answer_reader, format_sequential_table,
+                                               run_sequential)
 
+# What a samples.jsonl was made with; a resume with any other value is refused. `data` covers
+# data.format too: the same file read as another format is other prompts, answers or tests.
 SETTINGS = ("model", "data", "engine", "reward", "weights", "samples", "temperature", "top_p", "max_new_tokens", "seed")
 
 
@@ -61,6 +68,11 @@ class ScalingEvalConfig:
     # Earlier `posttrain eval` outputs (eval.json or its directory) drawn on the same plot, e.g. the
     # base and SFT models next to the RL one.
     compare_with: list[str] = dataclasses.field(default_factory=list)
+    # Sequential scaling (posttrain/recipes/sequential_eval.py), rows next to the parallel ones:
+    # thinking budgets, and revisions with the verifier's feedback (an oracle: an upper bound).
+    # With `thinking` set, every completion is scored on its text after the close delimiter.
+    thinking: Union[ThinkingConfig, None] = None
+    revision: Union[RevisionConfig, None] = None
 
     def validate(self) -> None:
         require(self.samples >= 1, f"samples must be >= 1, got {self.samples}")
@@ -69,6 +81,9 @@ class ScalingEvalConfig:
         require(self.temperature > 0 or self.samples == 1, "temperature 0 gives one distinct sample: set samples=1")
         require(self.prompts_per_batch >= 1, f"prompts_per_batch must be >= 1, got {self.prompts_per_batch}")
         require(self.on_error in ("zero", "none", "raise"), f"on_error must be zero, none or raise, got {self.on_error!r}")
+        for section in (self.thinking, self.revision):
+            if section is not None:
+                section.validate()
 
 
 # -- answers: what a vote counts --------------------------------------------------------------
@@ -99,7 +114,10 @@ def answer_extractor(reward: str) -> tuple[Callable[[str], Optional[Hashable]], 
 
 def _settings(cfg: ScalingEvalConfig) -> dict:
     values = dataclasses.asdict(cfg)
-    return {key: values[key] for key in SETTINGS}
+    settings = {key: values[key] for key in SETTINGS}
+    if cfg.thinking is not None:  # the rewards read the text after the close delimiter
+        settings["answer_after"] = cfg.thinking.close
+    return settings
 
 
 def read_samples(path: Path, settings: dict) -> dict[int, list[dict]]:
@@ -113,8 +131,10 @@ def read_samples(path: Path, settings: dict) -> dict[int, list[dict]]:
         return done
     header = json.loads(lines[0])
     for key, value in settings.items():
-        if header.get("settings", {}).get(key) != value:
-            raise ConfigError(f"{path} was written with {key}={header.get('settings', {}).get(key)!r}, not "
+        written = header.get("settings", {}).get(key)
+        if written != value:
+            key, written, value = _first_difference(key, written, value)
+            raise ConfigError(f"{path} was written with {key}={written!r}, not "
                               f"{value!r}: set out= to a new directory, or overwrite=true to start again")
     for number, line in enumerate(lines[1:], start=2):
         try:
@@ -127,6 +147,16 @@ def read_samples(path: Path, settings: dict) -> dict[int, list[dict]]:
     # A prompt cut short by a kill is generated again and appended whole: keep its last full set.
     full = settings["samples"] + 1
     return {p: recs[-full:] for p, recs in done.items() if len(recs) >= full}
+
+
+def _first_difference(key: str, written: Any, value: Any) -> tuple[str, Any, Any]:
+    """The dotted key of the first nested field that differs (data.format, not the whole data
+    section), with both values."""
+    if isinstance(written, dict) and isinstance(value, dict):
+        for sub in sorted(set(written) | set(value)):
+            if written.get(sub) != value.get(sub):
+                return _first_difference(f"{key}.{sub}", written.get(sub), value.get(sub))
+    return key, written, value
 
 
 # -- metrics from records -----------------------------------------------------------------------
@@ -264,12 +294,15 @@ def run_eval(cfg: ScalingEvalConfig) -> dict:
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     model.eval()
     engine = build_engine(cfg.engine, model, tokenizer)
-    _, held = load_prompt_sets(cfg.data, tokenizer, seed=cfg.seed, rewards=[cfg.reward])
+    # Only the held-out rows are scored, so only they are checked against the reward (training rows of
+    # another task need not have its columns), and with data.eval set data.train is not read at all.
+    _, held = load_prompt_sets(cfg.data, tokenizer, seed=cfg.seed, eval_rewards=[cfg.reward], held_out_only=True)
     rows, prompt_ids = held.rows[: cfg.num_prompts], held.prompt_ids[: cfg.num_prompts]
     require(len(rows) > 0, f"no held-out prompts in {cfg.data.eval or cfg.data.train}")
     extract, equivalent = answer_extractor(cfg.reward)
     if not samples_path.exists() or samples_path.stat().st_size == 0:
         samples_path.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
+    read_answer = answer_reader(cfg.thinking)
     start = time.perf_counter()
     with eval_reward_runner(cfg.reward, on_error=cfg.on_error, timeout_s=cfg.timeout_s) as scorer, \
             _weights_runner(cfg) as weigher, torch.no_grad():
@@ -281,32 +314,42 @@ def run_eval(cfg: ScalingEvalConfig) -> dict:
             batch_seed = cfg.seed + first  # fixed by the batch's position: a resumed run matches
             greedy = engine.generate([prompt_ids[i] for i in ids], SamplingParams(
                 max_new_tokens=cfg.max_new_tokens, temperature=0.0, n=1, seed=batch_seed))
+            # At temperature 0 the one sample (validate: samples=1) is the greedy completion: it is
+            # recorded as sample 0 too, so pass@1 is the greedy accuracy, without generating or
+            # scoring it twice.
             sampled = engine.generate([prompt_ids[i] for i in ids], SamplingParams(
                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.samples,
                 seed=batch_seed)) if cfg.temperature > 0 else [[] for _ in ids]
             batch = [(i, j, c) for i, g, s in zip(ids, greedy, sampled) for j, c in [(-1, g[0]), *enumerate(s)]]
             batch_rows = [rows[i] for i, _, _ in batch]
             texts = [c.text for _, _, c in batch]
-            scores = score_report(scorer, batch_rows, texts).total
-            weights = score_report(weigher, batch_rows, texts).total if weigher is not None else [None] * len(batch)
+            scores = score_report(scorer, batch_rows, [read_answer(t) for t in texts]).total
+            weights = score_report(weigher, batch_rows, [read_answer(t) for t in texts]).total \
+                if weigher is not None else [None] * len(batch)
             with samples_path.open("a", encoding="utf-8") as f:
                 for (i, j, completion), text, score, weight in zip(batch, texts, scores, weights):
-                    record = {"prompt_id": i, "sample": j, "text": text, "answer": _jsonable(extract(text)),
-                              "score": score, "weight": weight, "tokens": len(completion.token_ids),
-                              "prompt_tokens": len(prompt_ids[i])}
-                    f.write(json.dumps(record) + "\n")
-                    records.setdefault(i, []).append(record)
+                    record = {"prompt_id": i, "sample": j, "text": text,
+                              "answer": _jsonable(extract(read_answer(text))), "score": score, "weight": weight,
+                              "tokens": len(completion.token_ids), "prompt_tokens": len(prompt_ids[i])}
+                    for copy in [record] + ([{**record, "sample": 0}] if cfg.temperature == 0 else []):
+                        f.write(json.dumps(copy) + "\n")
+                        records.setdefault(i, []).append(copy)
+        sequential = run_sequential(cfg, engine, tokenizer, rows, prompt_ids, scorer, extract, out,
+                                    flops_per_token=2.0 * matmul_params(model))
     seconds = time.perf_counter() - start
     records = {i: records[i] for i in range(len(rows)) if i in records}
     table = strategy_table(records, cfg.ks, equivalent=equivalent, weighted=cfg.weights is not None,
                            confidence=cfg.confidence, resamples=cfg.bootstrap_resamples, seed=cfg.seed,
                            flops_per_token=2.0 * matmul_params(model))
     result = {"model": cfg.model.name_or_path, "reward": cfg.reward, "weights": cfg.weights,
-              "num_prompts": len(records), "samples": cfg.samples, "seconds": seconds, "strategies": table}
+              "num_prompts": len(records), "samples": cfg.samples, "seconds": seconds,
+              "strategies": table + sequential}
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    plot_table(table, out / "eval.png", f"{cfg.model.name_or_path}: {len(records)} prompts, {cfg.samples} samples",
-               others)
+    plot_table(table + sequential, out / "eval.png",
+               f"{cfg.model.name_or_path}: {len(records)} prompts, {cfg.samples} samples", others)
     print(format_table(table))
+    if sequential:
+        print(format_sequential_table(sequential))
     print(f"eval: {out / 'eval.json'}, {out / 'eval.png'}, {samples_path}")
     return result
 

@@ -35,6 +35,19 @@ def arithmetic_task(cfg: DataConfig) -> ArithmeticTask:
                           num_terms=a.num_terms)
 
 
+def _arithmetic_sft_rows(cfg: DataConfig, task: ArithmeticTask, train_problems: list[dict],
+                         eval_problems: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
+    """Train and held-out SFT rows of the built-in task: answers (label_noise of them near
+    misses), or scratchpads (`data.arithmetic.scratchpad`)."""
+    a = cfg.arithmetic  # its combinations are checked when the config is built (ArithmeticConfig)
+    if not a.scratchpad:
+        return sft_rows(train_problems, label_noise=a.label_noise, seed=seed), sft_rows(eval_problems)
+    from posttrain.envs.scratchpad import scratchpad_rows
+
+    return (scratchpad_rows(train_problems, task, direct_fraction=a.direct_fraction, seed=seed),
+            scratchpad_rows(eval_problems, task))
+
+
 def load_sft_data(cfg: DataConfig, tokenizer, *, eval_cfg: EvalConfig, seed: int, console=None) -> SFTData:
     """Read, validate and tokenise; bad rows raise or are skipped and counted per `cfg.on_bad_row`."""
     fields = {"messages_field": cfg.messages_field, "prompt_field": cfg.prompt_field,
@@ -44,10 +57,9 @@ def load_sft_data(cfg: DataConfig, tokenizer, *, eval_cfg: EvalConfig, seed: int
         task = arithmetic_task(cfg)
         train_problems = task.problems(cfg.arithmetic.num_train, seed=seed, split="train")
         eval_problems = task.problems(cfg.arithmetic.num_eval, seed=seed, split="test")
-        noisy_rows = sft_rows(train_problems, label_noise=cfg.arithmetic.label_noise, seed=seed)
-        train = collect(_records(BUILTIN_ARITHMETIC, noisy_rows), lambda r: parse_sft(r, **fields))
-        held_out = collect(_records(BUILTIN_ARITHMETIC + "/test", sft_rows(eval_problems)),
-                           lambda r: parse_sft(r, **fields))
+        train_rows, held_rows = _arithmetic_sft_rows(cfg, task, train_problems, eval_problems, seed)
+        train = collect(_records(BUILTIN_ARITHMETIC, train_rows), lambda r: parse_sft(r, **fields))
+        held_out = collect(_records(BUILTIN_ARITHMETIC + "/test", held_rows), lambda r: parse_sft(r, **fields))
         prompt_rows = eval_problems
     else:
         train, held_out = load_file_splits(cfg, "sft", seed, **fields)

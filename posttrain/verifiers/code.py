@@ -37,12 +37,20 @@ Two shapes of ``tests``:
   introspection) can forge a verdict, and a bare ``assert f(x)`` trusts ``__bool__``. These
   rewards are for training, not for judging determined adversaries; where a policy learns such
   tricks, switch its data to input/output tests.
+
+What runs is the completion's last ```python block, or the whole completion without one
+(`extract_code`). A row may say otherwise (`build_program`): ``code_prefix`` is code the
+completion continues (HumanEval's signature and docstring, which the model was prompted with), and
+``stop`` lists sequences at which the completion is cut first (HumanEval's "\\ndef", "\\nif", ...),
+so that what a model writes after the function is not run. The caller keeps the completion whole
+(samples.jsonl); the cut happens here, at scoring.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -189,6 +197,34 @@ def extract_code(completion: str) -> str:
     return completion[body_start:close] if close != -1 else completion[body_start:]
 
 
+def cut_at_stops(completion: str, stop: Sequence[str]) -> str:
+    """`completion` up to (not including) the earliest occurrence of any of the `stop` sequences."""
+    cut = len(completion)
+    for sequence in stop:
+        at = completion.find(sequence)
+        if at != -1:
+            cut = min(cut, at)
+    return completion[:cut]
+
+
+def build_program(completion: str, code_prefix: str | None = None, stop: Sequence[str] | None = None) -> str:
+    """The program a completion stands for: cut at the first of the `stop` sequences (when given),
+    then, with a `code_prefix`, the prefix followed by the cut completion (HumanEval's harness runs
+    prompt + completion: the model continues the function it was shown), else the cut
+    completion's code (`extract_code`)."""
+    if stop is not None:
+        if isinstance(stop, str) or not isinstance(stop, (list, tuple)) or \
+                not all(isinstance(s, str) and s for s in stop):
+            raise TypeError(f"field 'stop' must be a list of non-empty strings, got {stop!r:.80}")
+        completion = cut_at_stops(completion, stop)
+    if code_prefix is None:
+        return extract_code(completion)
+    if not isinstance(code_prefix, str):
+        raise TypeError(f"field 'code_prefix' must be a string (the code the completion continues), "
+                        f"got {type(code_prefix).__name__}")
+    return code_prefix + completion
+
+
 def _normalise_tests(tests: Any) -> list[str] | list[dict]:
     if isinstance(tests, str):
         tests = [tests]
@@ -289,6 +325,8 @@ def code_reward(
     completion: str,
     tests: Sequence[str] | str | None = None,
     *,
+    code_prefix: str | None = None,
+    stop: Sequence[str] | None = None,
     mode: Mode = "all",
     limits: SandboxLimits | None = None,
     per_test_timeout_s: float = 3.0,
@@ -298,6 +336,8 @@ def code_reward(
 
     Args:
         tests: assert statements (each one test) or one string of test code (one test).
+        code_prefix, stop: row columns that say how the program is built (`build_program`):
+            the code the completion continues, and where the completion is cut.
         mode: "all" -> 1.0 iff every test passes; "fraction" -> the fraction that pass.
         limits, per_test_timeout_s: sandbox limits; time limit of each test.
 
@@ -307,7 +347,8 @@ def code_reward(
         raise ValueError(f"code reward needs a 'tests' field in the row (fields: {sorted(row)})")
     if mode not in ("all", "fraction"):
         raise ValueError(f"mode must be 'all' or 'fraction', got {mode!r}")
-    report = run_tests(extract_code(completion), tests, limits=limits, per_test_timeout_s=per_test_timeout_s)
+    program = build_program(completion, code_prefix, stop)
+    report = run_tests(program, tests, limits=limits, per_test_timeout_s=per_test_timeout_s)
     if mode == "fraction":
         return report.fraction
     return 1.0 if report.passed and all(report.passed) else 0.0
@@ -315,6 +356,13 @@ def code_reward(
 
 # The dataset column it needs (`posttrain.rewards.check_reward_columns` checks prompt files for it).
 code_reward.required_columns = ("tests",)  # type: ignore[attr-defined]
+
+
+def _code_reward_batch(prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict]) -> list[Outcome]:
+    # Each item is a sandboxed process that the sandbox itself times out, so a batch runs several at
+    # once in threads (which only wait on the processes) instead of one by one in a worker process:
+    # a HumanEval pass is hundreds of sandbox starts.
+    return CodeVerifier(max_parallel=max(1, min(8, os.cpu_count() or 1))).batch(prompts, completions, rows)
 
 
 class CodeVerifier:
@@ -348,3 +396,7 @@ class CodeVerifier:
 
         with ThreadPoolExecutor(max_workers=self.max_parallel) as pool:
             return list(pool.map(one, range(len(completions))))
+
+
+# `RewardRunner` looks for a `batch` attribute and, when present, scores a whole batch through it.
+code_reward.batch = _code_reward_batch  # type: ignore[attr-defined]

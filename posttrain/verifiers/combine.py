@@ -4,8 +4,8 @@ A reward function is a plain callable ``(prompt, completion, **row) -> float | N
 means "not scorable". Trainers call rewards through a `RewardRunner`, which
 
 * calls each named function over the batch -- through its ``batch(prompts, completions, rows)
-  -> list[Outcome]`` method when it has one (`MathVerifier`, `CodeVerifier`, `math_reward`),
-  else one item at a time;
+  -> list[Outcome]`` method when it has one (`MathVerifier`, `CodeVerifier`, `math_reward`,
+  `code_reward`), else one item at a time;
 * scores an item whose function raised, timed out or returned something that is not a finite
   number according to ``on_error``: "zero" (default: 0.0), "none" (not scorable) or "raise";
 * COUNTS every such event per function (and keeps the first traceback), so that the caller's

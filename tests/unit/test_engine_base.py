@@ -36,6 +36,10 @@ def test_sampling_params_defaults_and_greedy_flag():
         ({"max_new_tokens": 4, "stop_token_ids": 7}, "stop_token_ids"),
         ({"max_new_tokens": 4, "stop_token_ids": [1, -2]}, r"stop_token_ids\[1\]"),
         ({"max_new_tokens": True}, "max_new_tokens"),
+        ({"max_new_tokens": 4, "stop_sequences": [1, 2]}, r"stop_sequences\[0\]"),
+        ({"max_new_tokens": 4, "stop_sequences": [[1], []]}, r"stop_sequences\[1\]"),
+        ({"max_new_tokens": 4, "stop_sequences": [[1, -2]]}, r"stop_sequences\[0\]\[1\]"),
+        ({"max_new_tokens": 4, "stop_sequences": "</think>"}, "stop_sequences"),
     ],
 )
 def test_sampling_params_rejects_bad_values_naming_the_field(kwargs, field):

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from posttrain.algorithms.logprobs import token_logprobs
 from posttrain.data.tokenize import tokenize_prompt
 from posttrain.engines import HFEngine, SamplingParams
+from posttrain.engines.hf import ends_with_any
 from posttrain.models.tiny import EOS_TOKEN, build_tiny_model
 
 
@@ -222,6 +223,30 @@ def test_stop_token_ids_end_a_completion_at_their_first_occurrence(tiny, prompts
     out = engine.generate([prompts[i]], SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=[greedy[i][j]]))
     assert out[0][0].token_ids == greedy[i][: j + 1]
     assert out[0][0].finish_reason == "stop"
+
+
+def test_stop_sequences_end_a_completion_where_its_tokens_end_with_one(tiny, prompts):
+    """A two-token sequence (a greedy completion's tokens j-1, j, the pair not seen before j) stops
+    it right after token j; the sequence stays in the ids and the text. Batched with a prompt the
+    sequence never ends, that one runs to its limit as it would alone."""
+    tok = tiny.tokenizer
+    engine = HFEngine(tiny.model, tok)
+    greedy = _greedy(engine, prompts)
+    i, j = next((i, j) for i, seq in enumerate(greedy) for j in range(2, len(seq))
+                if (seq[j - 1], seq[j]) not in zip(seq[: j - 1], seq[1:j]))
+    other = next(k for k in range(len(prompts)) if k != i and
+                 all((greedy[k][m - 1], greedy[k][m]) != (greedy[i][j - 1], greedy[i][j]) for m in range(1, 12)))
+    params = SamplingParams(max_new_tokens=12, temperature=0, stop_sequences=[[greedy[i][j - 1], greedy[i][j]]])
+    cut, untouched = (group[0] for group in engine.generate([prompts[i], prompts[other]], params))
+    assert cut.token_ids == greedy[i][: j + 1] and cut.finish_reason == "stop"
+    assert cut.text == tok.decode(greedy[i][: j + 1])
+    assert untouched.token_ids == greedy[other]
+
+
+def test_ends_with_any_matches_suffixes_of_the_recent_tokens():
+    recent = torch.tensor([[5, 6, 7], [6, 7, 5], [9, 9, 7]])
+    sequences = [torch.tensor([6, 7]), torch.tensor([1, 2, 3, 4])]  # the second is longer than the window
+    assert ends_with_any(recent, sequences).tolist() == [True, False, False]
 
 
 @pytest.mark.parametrize("seed", [3, 8])

