@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-sft", "--reuse", action="store_true",
                         help="reuse every finished stage under --out (base, SFT, RL and PivotRL runs)")
     parser.add_argument("--without-large", action="store_true", help="leave out the larger model's row")
+    parser.add_argument("--skip", action="append", default=[], choices=["rl", "pivotrl"],
+                        help="leave out a method's row (repeatable): a variant run of the other")
     parser.add_argument("--pivot-tasks", type=int, help="expert trajectories PivotRL draws candidates from "
                         "(default: the scale's pivot_tasks)")
     parser.add_argument("--rl-set", action="append", default=[], metavar="KEY=VALUE",
@@ -86,7 +88,21 @@ def main(argv: list[str] | None = None) -> int:
         return Path(summary["model_dir"])
 
     sft_small = sft(out, "sft", pretrained("base", small), data["sft"], scale["sft_steps"], args.seed, args.skip_sft)
-    first = evaluate(Path(sft_small["model_dir"]), out, env, scale, args.seed)
+
+    def measured(run: str) -> dict:
+        """Held-out success, arithmetic and per-turn accuracy of `run`'s final model, kept in
+        <run>/comparison_scores.json (reused with --reuse: a variant run re-measures only what changed)."""
+        path = out / run / "comparison_scores.json"
+        if args.skip_sft and path.is_file():
+            return json.loads(path.read_text())
+        model_dir = Path(json.loads((out / run / "summary.json").read_text())["model_dir"])
+        scores = {**evaluate(model_dir, out, env, scale, args.seed),
+                  "turn_accuracy": turn_accuracy(model_dir, env, args.seed),
+                  "turn_accuracy_train": turn_accuracy(model_dir, env, args.seed, split="train")}
+        path.write_text(json.dumps(scores, indent=2) + "\n")
+        return scores
+
+    first = measured("sft")
     print(f"SFT (small): held-out success {first['success']:.1%}, arithmetic {first['ood_accuracy']:.1%}", flush=True)
     # The recipes' own before/after evaluation on a few tasks only: the comparison evaluates every model below.
     common = rl_overrides(out, env, scale, args.seed) + [f"eval.num_samples={min(10, scale['num_eval'])}"]
@@ -97,28 +113,29 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict] = []
     overrides = {"rl": args.rl_set, "pivotrl": [f"pivot_tasks={scale['pivot_tasks']}"] + args.pivot_set}
 
-    def add(method: str, run: str, seconds: float, scores: dict | None = None) -> None:
-        """Evaluate `run`'s final model and rewrite the outputs with it: a stopped comparison keeps its rows."""
+    def add(method: str, run: str, seconds: float) -> None:
+        """Measure `run`'s final model and rewrite the outputs with it: a stopped comparison keeps its rows."""
         summary = json.loads((out / run / "summary.json").read_text())
-        scores = scores or evaluate(Path(summary["model_dir"]), out, env, scale, args.seed)
-        records.append({"method": method, "run": run, "overrides": overrides.get(run, []), **scores, **spent(out / run, summary), "seconds": round(seconds, 1),
-                        "parameters": count_parameters(Path(summary["model_dir"])),
-                        "turn_accuracy": turn_accuracy(Path(summary["model_dir"]), env, args.seed),
-                        "turn_accuracy_train": turn_accuracy(Path(summary["model_dir"]), env, args.seed, split="train")})
+        records.append({"method": method, "run": run, "overrides": overrides.get(run, []), **measured(run),
+                        **spent(out / run, summary), "seconds": round(seconds, 1),
+                        "parameters": count_parameters(Path(summary["model_dir"]))})
         print(f"{method}: held-out success {records[-1]['success']:.1%}", flush=True)
         (out / "comparison.json").write_text(json.dumps(records, indent=2) + "\n")
         (out / "comparison.md").write_text(table(records, args.scale, timings))
         plot(records, out / "comparison.png")
 
-    add("SFT", "sft", sft_small["seconds"], first)
-    seconds = timed(out / "rl", args.skip_sft, lambda: rl.train(load_config(rl.RLConfig, None, common + [
-        f"model.name_or_path={sft_small['model_dir']}", "run.name=rl", "algorithm.name=grpo", "algorithm.kl_coef=0",
-        f"steps={scale['rl_steps']}"] + args.rl_set)))
-    add("SFT → RL", "rl", seconds)
-    seconds = timed(out / "pivotrl", args.skip_sft, lambda: pivotrl.train(load_config(pivotrl.PivotRLConfig, None, common + [
-        f"model.name_or_path={sft_small['model_dir']}", "run.name=pivotrl", f"steps={scale['pivot_steps']}",
-        f"pivot.samples_per_candidate={scale['k']}", f"pivot.expert={data['pivot_experts']}"] + args.pivot_set)))
-    add("SFT → PivotRL", "pivotrl", seconds)
+    add("SFT", "sft", sft_small["seconds"])
+    if "rl" not in args.skip:
+        seconds = timed(out / "rl", args.skip_sft, lambda: rl.train(load_config(rl.RLConfig, None, common + [
+            f"model.name_or_path={sft_small['model_dir']}", "run.name=rl", "algorithm.name=grpo", "algorithm.kl_coef=0",
+            f"steps={scale['rl_steps']}"] + args.rl_set)))
+        add("SFT → RL", "rl", seconds)
+    if "pivotrl" not in args.skip:
+        seconds = timed(out / "pivotrl", args.skip_sft, lambda: pivotrl.train(load_config(
+            pivotrl.PivotRLConfig, None, common + [
+                f"model.name_or_path={sft_small['model_dir']}", "run.name=pivotrl", f"steps={scale['pivot_steps']}",
+                f"pivot.samples_per_candidate={scale['k']}", f"pivot.expert={data['pivot_experts']}"] + args.pivot_set)))
+        add("SFT → PivotRL", "pivotrl", seconds)
     if not args.without_large:  # last: the row that costs the most and answers the least
         sft_large = sft(out, "sft-large", pretrained("base-large", large), data["sft"], scale["large_sft_steps"],
                         args.seed, args.skip_sft)

@@ -35,3 +35,11 @@ def test_the_smoke_comparison_writes_one_record_per_method(tmp_path, monkeypatch
     assert pivot["rollout_turns"] >= scale["pivot_steps"] * scale["prompts"] * scale["samples"]
     assert large["parameters"] > 1.5 * sft["parameters"]
     assert "| SFT → PivotRL |" in (out / "comparison.md").read_text() and (out / "comparison.png").stat().st_size > 0
+    assert set(sft["turn_accuracy_train"]) == {"list_sheets", "describe_sheet", "query", "answer"}
+
+    # A rerun with --reuse measures nothing again (each run's scores are kept beside it) and
+    # --skip leaves a method's row out: how a variant of one method is compared.
+    assert compare.main(["--scale", "smoke", "--out", str(out), "--reuse", "--skip", "rl", "--without-large"]) == 0
+    again = json.loads((out / "comparison.json").read_text())
+    assert [r["method"] for r in again] == ["SFT", "SFT → PivotRL"]
+    assert again[1]["success"] == pivot["success"] and again[1]["turn_accuracy"] == pivot["turn_accuracy"]
