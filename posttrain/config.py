@@ -27,6 +27,11 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------- sections shared by recipes
 
 
+# The top-level `precision` key of every training recipe: fp32, bf16-mixed (bf16 autocast over
+# float32 weights) or auto (posttrain/training/precision.py says how it chooses).
+PrecisionName = Literal["fp32", "bf16-mixed", "auto"]
+
+
 @dataclasses.dataclass
 class LoraConfig:
     r: int = 8

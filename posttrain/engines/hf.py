@@ -19,10 +19,15 @@ speed on CPU. How one batch is decoded:
 4. The KV cache is written into buffers preallocated for the whole decode (``kv_cache.py``) rather
    than grown by ``torch.cat`` each step, and tokens are drawn by inverse-CDF sampling
    (``sampling.py``), which on CPU is much faster than ``torch.multinomial``.
+
+With a bf16-mixed ``precision`` every forward runs under the same bf16 autocast as the trainer's,
+so the sampled distribution is the one the trainer scores; the logits are cast to float32 before
+sampling, and the reported log-probs are float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from typing import Any, Mapping, Sequence
@@ -57,6 +62,8 @@ class HFEngine:
             ``sampling.stop_token_ids`` and the model's ``generation_config.eos_token_id``.
         max_batch_size: most sequences (prompts x samples) decoded together; larger requests are
             split into consecutive batches.
+        precision: the run's resolved ``Precision`` (``training/precision.py``); its ``autocast()``
+            wraps every forward. ``None``: no autocast.
 
     Attributes:
         last_stats: after each ``generate``: ``{"prompt_tokens", "generated_tokens", "seconds"}``.
@@ -65,12 +72,13 @@ class HFEngine:
             Feed both to the compute ledger's "rollout" stage.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, max_batch_size: int = 256) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, *, max_batch_size: int = 256, precision=None) -> None:
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"HFEngine: max_batch_size must be an int >= 1, got {max_batch_size!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.precision = precision
         self.last_stats: dict[str, float] = {"prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
         self._closed = False
         params = inspect.signature(model.forward).parameters
@@ -250,11 +258,13 @@ class HFEngine:
         kwargs: dict[str, Any] = {}
         if last_only and self._accepts_logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention, position_ids=positions,
-            past_key_values=cache, use_cache=True, **kwargs,
-        )
-        return out.logits[:, -1, :]
+        with self.precision.autocast() if self.precision is not None else contextlib.nullcontext():
+            out = self.model(
+                input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                past_key_values=cache, use_cache=True, **kwargs,
+            )
+        # float32 whatever the forward's dtype: sampling and the reported log-probs are float32.
+        return out.logits[:, -1, :].float()
 
     # ------------------------------------------------------------------ helpers
 

@@ -7,7 +7,7 @@ transformers model: TRL, vLLM's reward serving or a plain ``from_pretrained`` re
 no posttrain code.
 
 Two ways to read it:
-- `sequence_scores`: one scalar per sequence. transformers reads the head at the *last token
+- `sequence_scores`: one scalar per sequence, read like transformers reads it: at the *last token
   that is not padding* (the rightmost position whose id ≠ ``config.pad_token_id``), so the pad
   id must be set and must differ from every real token at the end of a sequence (posttrain's
   tiny tokenizer keeps pad ≠ EOS). Right and left padding both work (tested).
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -101,12 +100,19 @@ def score_head(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def sequence_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) ids → (B,) float scores, read at each row's last non-pad token (see module doc)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask)
-    logits: Any = out.logits
-    if logits.dim() != 2 or logits.shape[1] != 1:
-        raise ValueError(f"expected (B, 1) scores from a num_labels=1 model, got {tuple(logits.shape)}")
-    return logits.squeeze(1).float()
+    """(B, L) ids → (B,) float32 scores, read at each row's last non-pad token (see module doc).
+
+    The head at every position (`token_values`, in float32 even under autocast), then the row's
+    score where transformers' own forward reads it: the rightmost position whose id is not
+    ``config.pad_token_id`` (the last column when no pad id is set). Tested equal to the forward's
+    pooled logits."""
+    values = token_values(model, input_ids, attention_mask)
+    pad_id = _unwrap(model).config.pad_token_id
+    if pad_id is None:
+        return values[:, -1]
+    positions = torch.arange(input_ids.shape[1], device=values.device)
+    last = (positions * (input_ids.to(values.device) != pad_id)).argmax(-1)
+    return values[torch.arange(values.shape[0], device=values.device), last]
 
 
 def token_values(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -119,4 +125,11 @@ def token_values(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     inner = _unwrap(model)
     backbone = getattr(inner, inner.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return score_head(model)(hidden).squeeze(-1).float()
+    # The head in its weights' dtype (float32 under bf16-mixed) with autocast off: a score's bf16
+    # rounding (~0.4 %) would be the size of the reward margins and value errors the losses learn from.
+    head = score_head(model)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        scores = head(hidden.to(next(head.parameters()).dtype))
+    if scores.shape[-1] != 1:
+        raise ValueError(f"expected one score per position from a num_labels=1 model, got {scores.shape[-1]}")
+    return scores.squeeze(-1).float()

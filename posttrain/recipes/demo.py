@@ -19,7 +19,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from posttrain.config import ArithmeticConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require
+from posttrain.config import (
+    ArithmeticConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, PrecisionName, RunConfig, require,
+)
 from posttrain.recipes import rl, sft
 from posttrain.recipes.rl.config import AlgorithmConfig, RLConfig, RolloutConfig
 
@@ -49,6 +51,9 @@ class DemoConfig:
     samples_per_prompt: int = 8
     overwrite: bool = True
     resume: bool = False
+    # Both stages' `precision` (posttrain/training/precision.py). The figures above are fp32's; on a
+    # CPU, auto picks bf16-mixed only where bf16 matmuls measure fast (not on AVX2-only machines).
+    precision: PrecisionName = "fp32"
 
     def validate(self) -> None:
         require(self.sft_steps > 0, "sft_steps must be > 0")
@@ -70,6 +75,7 @@ def sft_config(cfg: DemoConfig) -> sft.SFTConfig:
         steps=cfg.sft_steps,
         sequences_per_step=cfg.sequences_per_step,
         micro_batch_size=cfg.sequences_per_step,
+        precision=cfg.precision,
     )
 
 
@@ -88,6 +94,7 @@ def rl_config(cfg: DemoConfig, sft_model: str) -> RLConfig:
                               max_new_tokens=6, temperature=1.0),
         steps=cfg.rl_steps,
         micro_batch_size=cfg.prompts_per_step * cfg.samples_per_prompt,
+        precision=cfg.precision,
     )
 
 

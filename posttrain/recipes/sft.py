@@ -19,7 +19,7 @@ import torch
 from posttrain.algorithms.sft import sft_loss
 from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.config import (
-    DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require, require_offline_schedule,
+    DataConfig, EvalConfig, ModelConfig, OptimConfig, PrecisionName, RunConfig, require, require_offline_schedule,
 )
 from posttrain.data.collate import pad_batch
 from posttrain.engines.factory import build_engine
@@ -31,6 +31,7 @@ from posttrain.training.loop import TrainingLoop, set_seed, start_run, warn_to
 from posttrain.training.modes import train_mode
 from posttrain.training.optim import build_optimizer, build_scheduler, optimizer_step
 from posttrain.training.order import step_indices
+from posttrain.training.precision import recipe_precision
 
 
 @dataclasses.dataclass
@@ -45,6 +46,9 @@ class SFTConfig:
     # model `micro_batch_size` at a time (gradient accumulation in between).
     sequences_per_step: int = 32
     micro_batch_size: int = 32
+    # fp32, bf16-mixed (bf16 autocast over float32 weights and optimizer state) or auto (bf16-mixed
+    # on CUDA, and on a CPU only where bf16 matmuls measure fast): posttrain/training/precision.py.
+    precision: PrecisionName = "fp32"
 
     def validate(self) -> None:
         require_offline_schedule(self, "sequences_per_step")
@@ -103,10 +107,12 @@ def accumulate_gradients(model, data: SFTData, cfg: SFTConfig, step: int, pad_id
     step_targets = sum(sum(ex.loss_mask[1:]) for ex in examples)
     total_loss = 0.0
     total_tokens = 0
+    precision = recipe_precision(cfg)
     for start in range(0, len(examples), cfg.micro_batch_size):
         batch = pad_batch(examples[start : start + cfg.micro_batch_size], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with precision.autocast():  # the forward only: the loss casts the logits to float32
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = sft_loss(logits, batch["input_ids"], batch["loss_mask"], num_tokens=step_targets)
         loss.backward()
         total_loss += loss.item()
@@ -120,13 +126,15 @@ def evaluate_sft(model, tokenizer, data: SFTData, cfg: SFTConfig, reward_fn, led
     """Held-out loss, and greedy / sampled accuracy when a reward is configured."""
     model.eval()
     device = model_device(model)
+    precision = recipe_precision(cfg)
     metrics: dict[str, float] = {}
     if data.eval:
         total, targets, tokens = 0.0, 0, 0
         for start in range(0, len(data.eval), cfg.micro_batch_size):
             chunk = data.eval[start : start + cfg.micro_batch_size]
             batch = {k: v.to(device) for k, v in pad_batch(chunk, tokenizer.pad_token_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            with precision.autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             count = int(batch["loss_mask"][:, 1:].sum())
             total += sft_loss(logits, batch["input_ids"], batch["loss_mask"], num_tokens=count).item() * count
             targets += count
@@ -134,6 +142,7 @@ def evaluate_sft(model, tokenizer, data: SFTData, cfg: SFTConfig, reward_fn, led
         metrics["eval/loss"] = total / max(targets, 1)
         ledger.record("eval", tokens=tokens, params=n_params)
     if reward_fn is not None and data.eval_prompts:
-        metrics.update(task_accuracy(build_engine("hf", model, tokenizer), data.eval_prompts, data.eval_prompt_ids, reward_fn,
+        engine = build_engine("hf", model, tokenizer, precision=precision)
+        metrics.update(task_accuracy(engine, data.eval_prompts, data.eval_prompt_ids, reward_fn,
                                      cfg.eval, seed=cfg.run.seed, ledger=ledger, n_params=n_params))
     return metrics

@@ -32,6 +32,7 @@ from posttrain.config import RunConfig, to_dict
 from posttrain.models.loading import save_model
 from posttrain.plots import plot_metrics
 from posttrain.run import Run
+from posttrain.training.precision import recipe_precision
 
 
 def logged_step(done: int, log_every: int, steps: int) -> bool:
@@ -52,10 +53,19 @@ def warn_to(run: Run) -> Callable[[str], None]:
 
 def start_run(cfg, extra_config: dict | None = None) -> Run:
     """Create (or resume) the run directory a recipe config's `run` section names; the saved
-    config is the whole recipe config plus `extra_config` (e.g. the resolved algorithm)."""
+    config is the whole recipe config plus `extra_config` (e.g. the resolved algorithm).
+
+    A config with a `precision` key has it resolved here, for every recipe alike: a bad
+    combination stops the run before its directory exists, the choice and its reason are
+    printed, and the snapshot records them as `resolved_precision`."""
     r: RunConfig = cfg.run
-    return Run.start(r.output_dir, r.name, {**to_dict(cfg), **(extra_config or {})}, resume=r.resume,
-                     overwrite=r.overwrite, report_to=r.report_to, wandb_project=r.wandb_project)
+    precision = recipe_precision(cfg) if hasattr(cfg, "precision") else None
+    resolved = {"resolved_precision": precision.as_dict()} if precision is not None else {}
+    run = Run.start(r.output_dir, r.name, {**to_dict(cfg), **resolved, **(extra_config or {})}, resume=r.resume,
+                    overwrite=r.overwrite, report_to=r.report_to, wandb_project=r.wandb_project)
+    if precision is not None:
+        run.print(precision.describe(), markup=False)
+    return run
 
 
 class TrainingLoop:

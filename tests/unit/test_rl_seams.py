@@ -152,3 +152,18 @@ def test_an_engine_can_be_plugged_in_by_name(monkeypatch):
     monkeypatch.setitem(ENGINES, "mine", lambda model, tokenizer: made.append((model, tokenizer)) or "engine")
     model = torch.nn.Linear(1, 1)
     assert build_engine("mine", model, "tok") == "engine" and made == [(model, "tok")]
+
+
+def test_the_runs_precision_reaches_engines_that_take_it_and_only_those(monkeypatch):
+    """A factory with a `precision` keyword gets the run's; a plain `(model, tokenizer)` factory (the
+    documented contract for user engines) is still called as before; `hf` holds what it was given."""
+    precision = object()
+    made = []
+    monkeypatch.setitem(ENGINES, "plain", lambda model, tokenizer: made.append("plain") or "plain engine")
+    monkeypatch.setitem(ENGINES, "aware", lambda model, tokenizer, *, precision=None: made.append(precision) or "aware")
+    model = torch.nn.Linear(1, 1)
+    assert build_engine("plain", model, None, precision=precision) == "plain engine"
+    assert build_engine("aware", model, None, precision=precision) == "aware"
+    assert made == ["plain", precision]
+    assert build_engine("hf", model, None, precision=precision).precision is precision
+    assert build_engine("hf", model, None).precision is None

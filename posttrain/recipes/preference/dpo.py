@@ -36,7 +36,8 @@ from posttrain.algorithms.preference import (
 )
 from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.config import (
-    ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require, require_offline_schedule,
+    ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, PrecisionName, RunConfig, require,
+    require_offline_schedule,
 )
 from posttrain.data.tokenize import TokenizedExample
 from posttrain.engines.factory import build_engine
@@ -48,6 +49,7 @@ from posttrain.training.loop import TrainingLoop, set_seed, start_run, warn_to
 from posttrain.training.modes import train_mode
 from posttrain.training.optim import build_optimizer, build_scheduler, optimizer_step
 from posttrain.training.order import step_indices
+from posttrain.training.precision import recipe_precision
 
 
 @dataclasses.dataclass
@@ -110,6 +112,9 @@ class DPOConfig:
     # Weight of an NLL term on the chosen (desirable) tokens, token mean over the step: a guard
     # against DPO lowering the chosen log-probs along with the rejected ones (0 = off).
     sft_weight: float = 0.0
+    # fp32, bf16-mixed (bf16 autocast over float32 weights and optimizer state; the reference cache
+    # is scored under it too, so step 0 still reproduces it) or auto: posttrain/training/precision.py.
+    precision: PrecisionName = "fp32"
 
     def validate(self) -> None:
         require_offline_schedule(self, "examples_per_step")
@@ -224,7 +229,8 @@ def reference_cache(model, split: PreferenceSplit, kl_sequences: list[TokenizedE
     logps = torch.zeros(len(split.sequences))
     counts = torch.zeros(len(split.sequences), dtype=torch.long)
     tokens = 0
-    with torch.no_grad():  # the same computation as the policy's at step 0, so DPO starts at exactly log 2
+    # The same computation as the policy's at step 0 (precision included), so DPO starts at exactly log 2.
+    with torch.no_grad(), recipe_precision(cfg).autocast():
         for start in range(0, len(split), cfg.inference_batch_size):
             out = unit_logps(model, split, list(range(start, min(start + cfg.inference_batch_size, len(split)))),
                              pad_id)
@@ -232,7 +238,8 @@ def reference_cache(model, split: PreferenceSplit, kl_sequences: list[TokenizedE
             tokens += out.tokens
     kl_logps = None
     if kl_sequences is not None:
-        kl_logps, _ = _logps_no_grad(model, kl_sequences, pad_id, cfg.inference_batch_size * 2)
+        with recipe_precision(cfg).autocast():
+            kl_logps, _ = _logps_no_grad(model, kl_sequences, pad_id, cfg.inference_batch_size * 2)
         tokens += sum(len(s) for s in kl_sequences)
     ledger.record("reference", tokens=tokens, params=n_params)
     return ReferenceCache(logps, counts, kl_logps)
@@ -306,15 +313,19 @@ def accumulate_gradients(model, split: PreferenceSplit, ref: ReferenceCache | No
     """Forward and backward over the step's micro-batches; gradients accumulate in `.grad`."""
     units = step_indices(step, per_step=cfg.examples_per_step, num_examples=len(split), seed=cfg.run.seed)
     step_rows = split.rows(units)
+    precision = recipe_precision(cfg)
     z0 = None
     if spec.needs_kl_baseline:  # one z0 for the whole step, so micro-batching does not change it
-        z0 = kl_baseline(model, step_rows, kl_sequences, ref, pad_id, cfg.inference_batch_size * 2)
+        with precision.autocast():
+            z0 = kl_baseline(model, step_rows, kl_sequences, ref, pad_id, cfg.inference_batch_size * 2)
         ledger.record("dpo", tokens=sum(len(kl_sequences[r]) for r in step_rows), params=n_params)
     chosen_tokens = sum(sum(split.sequences[r].loss_mask[1:]) for r in step_rows if split.desirable[r])
     tally = _Tally()
     sft_total, tokens = 0.0, 0
     for start in range(0, len(units), cfg.micro_batch_size):
-        rows, sums, counts, forwarded = unit_logps(model, split, units[start: start + cfg.micro_batch_size], pad_id)
+        with precision.autocast():  # the forward only: the summed log-probs come back float32
+            rows, sums, counts, forwarded = unit_logps(model, split, units[start: start + cfg.micro_batch_size],
+                                                       pad_id)
         out = preference_loss(spec, params, split, rows, sums, counts, ref, z0)
         loss = out.losses.sum() / len(units)  # the step's mean over pairs, whatever the micro-batching
         if cfg.sft_weight:
@@ -345,23 +356,28 @@ def evaluate_dpo(model, tokenizer, data: DPOData, ref: ReferenceCache | None,
     and sampled task accuracy on the held-out prompts."""
     model.eval()
     split = data.eval
+    precision = recipe_precision(cfg)
     metrics: dict[str, float] = {}
     if len(split) and (not spec.needs_kl_baseline or kl_sequences is not None):
         everything = list(range(len(split)))
         z0 = None
         if spec.needs_kl_baseline:
             rows = split.rows(everything)
-            z0 = kl_baseline(model, rows, kl_sequences, ref, tokenizer.pad_token_id, cfg.inference_batch_size * 2)
+            with precision.autocast():
+                z0 = kl_baseline(model, rows, kl_sequences, ref, tokenizer.pad_token_id,
+                                 cfg.inference_batch_size * 2)
             ledger.record("eval", tokens=sum(len(kl_sequences[r]) for r in rows), params=n_params)
             metrics["eval/kl_baseline"] = float(z0)
         tally = _Tally()
         for start in range(0, len(split), cfg.inference_batch_size):
             chunk = everything[start: start + cfg.inference_batch_size]
-            rows, sums, counts, forwarded = unit_logps(model, split, chunk, tokenizer.pad_token_id)
+            with precision.autocast():
+                rows, sums, counts, forwarded = unit_logps(model, split, chunk, tokenizer.pad_token_id)
             tally.add(preference_loss(spec, params, split, rows, sums, counts, ref, z0), split, rows, sums)
             ledger.record("eval", tokens=forwarded, params=n_params)
         metrics.update(tally.metrics("eval", split.paired))
     if reward_fn is not None and data.eval_prompts:
-        metrics.update(task_accuracy(build_engine("hf", model, tokenizer), data.eval_prompts, data.eval_prompt_ids, reward_fn,
+        engine = build_engine("hf", model, tokenizer, precision=precision)
+        metrics.update(task_accuracy(engine, data.eval_prompts, data.eval_prompt_ids, reward_fn,
                                      cfg.eval, seed=cfg.run.seed, ledger=ledger, n_params=n_params))
     return metrics

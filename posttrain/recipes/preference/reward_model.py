@@ -22,7 +22,9 @@ import torch
 
 from posttrain.algorithms.reward_model import bradley_terry_loss
 from posttrain.compute import ComputeLedger, matmul_params
-from posttrain.config import DataConfig, ModelConfig, OptimConfig, RunConfig, require, require_offline_schedule
+from posttrain.config import (
+    DataConfig, ModelConfig, OptimConfig, PrecisionName, RunConfig, require, require_offline_schedule,
+)
 from posttrain.data.collate import pad_preference_batch
 from posttrain.data.tokenize import TokenizedPair
 from posttrain.models.build import lora_settings, resolve_model_path
@@ -34,6 +36,7 @@ from posttrain.training.loop import TrainingLoop, set_seed, start_run
 from posttrain.training.modes import train_mode
 from posttrain.training.optim import build_optimizer, build_scheduler, optimizer_step
 from posttrain.training.order import step_indices
+from posttrain.training.precision import recipe_precision
 
 
 @dataclasses.dataclass
@@ -51,6 +54,9 @@ class RewardModelConfig:
     margin: float = 0.0
     # η of η·(r_c + r_r)²: keeps rewards centred on 0 (Eisenstein et al. 2023 use 0.01).
     centering_coef: float = 0.0
+    # fp32, bf16-mixed (bf16 autocast over float32 weights; the score head stays float32) or auto:
+    # posttrain/training/precision.py.
+    precision: PrecisionName = "fp32"
 
     def validate(self) -> None:
         require_offline_schedule(self, "pairs_per_step")
@@ -128,9 +134,11 @@ def accumulate_gradients(model, pairs: list[TokenizedPair], cfg: RewardModelConf
     """
     sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "reward_mean": 0.0}
     tokens = 0
+    precision = recipe_precision(cfg)
     for start in range(0, len(pairs), cfg.micro_batch_size):
         chunk = pairs[start : start + cfg.micro_batch_size]
-        chosen, rejected, n_tokens = score_pairs(model, chunk, pad_id)
+        with precision.autocast():  # the forward only; the scores come back float32
+            chosen, rejected, n_tokens = score_pairs(model, chunk, pad_id)
         out = bradley_terry_loss(chosen, rejected, margin=cfg.margin or None, centering_coef=cfg.centering_coef,
                                  num_pairs=len(pairs))
         out.loss.backward()
@@ -150,9 +158,11 @@ def evaluate_pairs(model, pairs: list[TokenizedPair], cfg: RewardModelConfig, pa
     if not pairs:
         return {}
     model.eval()
+    precision = recipe_precision(cfg)
     chosen, rejected, tokens = [], [], 0
     for start in range(0, len(pairs), cfg.micro_batch_size):
-        c, r, n = score_pairs(model, pairs[start : start + cfg.micro_batch_size], pad_id)
+        with precision.autocast():
+            c, r, n = score_pairs(model, pairs[start : start + cfg.micro_batch_size], pad_id)
         chosen.append(c)
         rejected.append(r)
         tokens += n

@@ -12,7 +12,9 @@ import dataclasses
 from typing import Any, Literal, Union
 
 from posttrain.algorithms.presets import AlgorithmPreset, get_preset
-from posttrain.config import ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, require
+from posttrain.config import (
+    ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, PrecisionName, RunConfig, require,
+)
 
 # Advantage estimators that need a critic's values; algorithms using them run the PPO loop.
 CRITIC_ESTIMATORS = frozenset({"gae"})
@@ -182,6 +184,10 @@ class RLConfig:
     micro_batch_size: int = 64
     # Optimizer steps per rollout batch (PPO epochs); old log-probs are computed once per batch.
     updates_per_batch: int = 1
+    # fp32, bf16-mixed (bf16 autocast over float32 weights and optimizer state, the rollout engine
+    # included) or auto (bf16-mixed on CUDA, and on a CPU only where bf16 matmuls measure fast):
+    # posttrain/training/precision.py.
+    precision: PrecisionName = "fp32"
 
     def needs_critic(self) -> bool:
         """True when the algorithm's advantage needs a value model (ppo): `rl.train` then runs `recipes/rl/ppo.py`."""

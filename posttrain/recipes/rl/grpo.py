@@ -46,6 +46,7 @@ from posttrain.run import Run
 from posttrain.training.loop import TrainingLoop, set_seed, start_run
 from posttrain.training.modes import train_mode
 from posttrain.training.optim import build_optimizer, build_scheduler, optimizer_step
+from posttrain.training.precision import recipe_precision
 
 
 def train(cfg: RLConfig) -> dict:
@@ -102,11 +103,13 @@ def train(cfg: RLConfig) -> dict:
 
 def load_policy(cfg: RLConfig, algo):
     """The trained policy (train mode, dropout off), its tokenizer, the frozen reference when the
-    algorithm has a KL term, and the rollout engine: what every critic-free loop starts from."""
+    algorithm has a KL term, and the rollout engine (sampling in the run's precision): what every
+    critic-free loop starts from."""
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     train_mode(model, dropout=False)
     reference = reference_model(model) if algo.kl_coef > 0 else None
-    return model, tokenizer, reference, build_engine(cfg.rollout.engine, model, tokenizer)
+    return model, tokenizer, reference, build_engine(cfg.rollout.engine, model, tokenizer,
+                                                     precision=recipe_precision(cfg))
 
 
 def old_logprobs(model, engine, batch: RolloutBatch, cfg: RLConfig) -> tuple[torch.Tensor | None, bool]:
@@ -122,11 +125,15 @@ def old_logprobs(model, engine, batch: RolloutBatch, cfg: RLConfig) -> tuple[tor
 
 def train_on_batch(model, reference, engine, optimizer, scheduler, batch: RolloutBatch, cfg: RLConfig, algo,
                    run: Run, step: int, ledger: ComputeLedger, n_params: int) -> dict:
-    """Old/reference log-probs once, advantages, then `updates_per_batch` optimizer steps."""
+    """Old/reference log-probs once, advantages, then `updates_per_batch` optimizer steps.
+
+    Forward passes run under the run's precision (`precision.autocast()`); the log-probs they
+    return, and so the ratio, KL, advantages and loss, are float32 either way."""
     T = cfg.rollout.temperature
+    precision = recipe_precision(cfg)
     mask = batch.mask * batch.scorable.unsqueeze(1)
     tokens = int(batch.attention_mask.sum())
-    with ledger.timed("reference"):
+    with ledger.timed("reference"), precision.autocast():
         old_logp, computed = old_logprobs(model, engine, batch, cfg)
         if computed:
             ledger.record("reference", tokens=tokens, params=n_params)
@@ -152,7 +159,8 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
             sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip": 0.0, "ratio": 0.0}
             for start in range(0, batch.size, cfg.micro_batch_size):
                 rows = slice(start, start + cfg.micro_batch_size)
-                logp, entropy = forward_logprobs(model, batch, rows, T, with_entropy=True)
+                with precision.autocast():  # the forward only; backward runs outside the region
+                    logp, entropy = forward_logprobs(model, batch, rows, T, with_entropy=True)
                 m = mask[rows].to(logp.device)
                 share = float(m.sum()) / max(global_tokens, 1.0)  # this micro-batch's share of the tokens
                 if update == 0:  # the trainer's log-probs of the weights that sampled: the health check

@@ -63,6 +63,7 @@ from posttrain.run import Run
 from posttrain.training.loop import TrainingLoop, set_seed, start_run
 from posttrain.training.modes import train_mode
 from posttrain.training.optim import build_optimizer, build_scheduler, optimizer_step
+from posttrain.training.precision import recipe_precision
 
 
 def train(cfg: RLConfig) -> dict:
@@ -81,7 +82,7 @@ def train(cfg: RLConfig) -> dict:
         for reward in rewards.rewards.values():  # a reward model scores in eval mode: no dropout
             if isinstance(getattr(reward.fn, "model", None), torch.nn.Module):
                 reward.fn.model.eval()
-        engine = build_engine(cfg.rollout.engine, policy, tokenizer)
+        engine = build_engine(cfg.rollout.engine, policy, tokenizer, precision=recipe_precision(cfg))
         spec = environment_spec(cfg.env) if cfg.env.name else None  # multi-turn episodes
         train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
                                                        rewards=rewards, eval_rewards=score_eval,
@@ -176,10 +177,11 @@ def train_on_batch(policy, critic, reference, engine, trained, optimizer, schedu
     then `updates_per_batch` optimizer steps on policy + vf_coef · value loss."""
     T = cfg.rollout.temperature
     mbs = cfg.micro_batch_size
+    precision = recipe_precision(cfg)  # forwards under its autocast; log-probs and values come back float32
     mask = batch.mask
     valid = mask > 0
     tokens = int(batch.attention_mask.sum())
-    with ledger.timed("reference"):
+    with ledger.timed("reference"), precision.autocast():
         old_logp, computed = old_logprobs(policy, engine, batch, cfg)
         if old_logp is None:  # PPO's KL-shaped reward needs them even for a single update
             old_logp, computed = batch_logprobs(policy, batch, T, mbs), True
@@ -189,7 +191,7 @@ def train_on_batch(policy, critic, reference, engine, trained, optimizer, schedu
         if reference is not None:
             ref_logp = batch_logprobs(reference, batch, T, mbs)
             ledger.record("reference", tokens=tokens, params=n_params["policy"])
-    with ledger.timed("values"):
+    with ledger.timed("values"), precision.autocast():
         old_values = batch_values(critic, batch, mbs)
         ledger.record("values", tokens=tokens, params=n_params["value"])
     advantages, returns, kl = kl_shaped_advantages(batch.rewards, old_logp, ref_logp, old_values, mask, algo, beta)
@@ -215,12 +217,13 @@ def train_on_batch(policy, critic, reference, engine, trained, optimizer, schedu
                                   "approx_kl"), 0.0)
             for start in range(0, batch.size, mbs):
                 rows = slice(start, start + mbs)
-                logp, entropy = forward_logprobs(policy, batch, rows, T, with_entropy=True)
+                with precision.autocast():  # the forwards only; backward runs outside the region
+                    logp, entropy = forward_logprobs(policy, batch, rows, T, with_entropy=True)
+                    values = forward_values(critic, batch, rows)
                 m = mask[rows].to(logp.device)
                 pol = policy_loss(logp, old_logp[rows].to(logp.device), advantages[rows].to(logp.device), m,
                                   eps_low=algo.eps_low, eps_high=algo.eps_high, dual_clip=algo.dual_clip)
                 pg_loss = aggregate(pol.loss, m, algo.aggregation, **counts)
-                values = forward_values(critic, batch, rows)
                 val = clipped_value_loss(values, old_values[rows].to(values.device), returns[rows].to(values.device),
                                          m.to(values.device), clip_range=cfg.critic.value_clip)
                 vf_loss = aggregate(val.loss, m.to(values.device), algo.aggregation, **counts)
