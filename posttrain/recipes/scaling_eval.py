@@ -224,17 +224,22 @@ def format_table(table: list[dict]) -> str:
 
 def plot_table(table: list[dict], path: Path, title: str, others: Optional[dict[str, list[dict]]] = None) -> None:
     """Accuracy against tokens per problem, one line per strategy; `others` (label -> an earlier
-    eval.json's strategies) are drawn on the same axes, dashed, with the strategies both share."""
+    eval.json's strategies) are drawn on the same axes, each model in its own line style and
+    marker, a strategy keeping its colour across models."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
     strategies = list(dict.fromkeys(row["strategy"] for row in table))
-    colours = {strategy: f"C{i}" for i, strategy in enumerate(strategies)}
-    series = [("", table, "-")] + [(f"{label}: ", rows, "--") for label, rows in (others or {}).items()]
-    for prefix, rows_of, style in series:
+    colours = {strategy: f"C{i % 10}" for i, strategy in enumerate(strategies)}
+    # Colour = strategy, line style and marker = model: compared models must stay apart.
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
+    series = [("", table)] + [(f"{label}: ", rows) for label, rows in (others or {}).items()]
+    for number, (prefix, rows_of) in enumerate(series):
+        style, marker = styles[number % len(styles)]
+        drawn: dict[tuple, str] = {}
         for strategy in strategies:
             rows = [r for r in rows_of if r["strategy"] == strategy]
             if not rows:
@@ -242,15 +247,19 @@ def plot_table(table: list[dict], path: Path, title: str, others: Optional[dict[
             x = [r["tokens_per_problem"] for r in rows]
             y = [r["accuracy"] for r in rows]
             err = [[r["accuracy"] - r["interval"][0] for r in rows], [r["interval"][1] - r["accuracy"] for r in rows]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, linestyle=style, color=colours[strategy],
-                        label=prefix + strategy)
+            # A strategy on exactly another's points (best-of-k reranked by the verifier itself is
+            # pass@k) hides that line: the legend says so instead of the line seeming to be missing.
+            same = drawn.setdefault((tuple(x), tuple(y)), strategy)
+            label = prefix + strategy + (f" (= {same})" if same != strategy else "")
+            ax.errorbar(x, y, yerr=err, marker=marker, markersize=4, capsize=3, linestyle=style,
+                        color=colours[strategy], label=label)
     ax.set_xscale("log")
     ax.set_xlabel("prompt + generated tokens per problem (log)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # off the points
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
