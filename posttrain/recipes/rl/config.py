@@ -54,9 +54,14 @@ class AlgorithmConfig:
 
 @dataclasses.dataclass
 class RolloutConfig:
-    # What samples the rollouts: `hf` (in-process, the trained module itself) or an import path
+    # What samples the rollouts: `hf` (in-process, the trained module itself), `ray` (`workers` HF
+    # engines in Ray actors, each on a copy of the policy; engines/ray_engine.py) or an import path
     # `package.module:function` taking (model, tokenizer) and returning an Engine (engines/factory.py).
     engine: str = "hf"
+    # Engine replicas (`ray`); whole prompts with all their samples go to one replica.
+    workers: int = 1
+    # Seconds any call to a remote worker may take before it counts as hung (restarted once, then an error).
+    worker_timeout_s: float = 300.0
     prompts_per_step: int = 16
     samples_per_prompt: int = 8
     max_new_tokens: int = 16
@@ -202,6 +207,11 @@ class RLConfig:
         require(r.max_new_tokens > 0, "rollout.max_new_tokens must be > 0")
         require(r.log_samples >= 0, f"rollout.log_samples must be >= 0, got {r.log_samples}")
         require(r.temperature > 0, "rollout.temperature must be > 0 for RL (the policy gradient needs sampling)")
+        require(not isinstance(r.workers, bool) and isinstance(r.workers, int) and r.workers >= 1,
+                f"rollout.workers must be an int >= 1, got {r.workers!r}")
+        require(not isinstance(r.worker_timeout_s, bool) and isinstance(r.worker_timeout_s, (int, float))
+                and r.worker_timeout_s > 0, f"rollout.worker_timeout_s must be a number of seconds > 0, "
+                f"got {r.worker_timeout_s!r}")
         require(self.micro_batch_size > 0, "micro_batch_size must be > 0")
         require(sequences % self.micro_batch_size == 0,
                 f"rollout.prompts_per_step × rollout.samples_per_prompt ({r.prompts_per_step} × "

@@ -109,7 +109,8 @@ def load_policy(cfg: RLConfig, algo):
     train_mode(model, dropout=False)
     reference = reference_model(model) if algo.kl_coef > 0 else None
     return model, tokenizer, reference, build_engine(cfg.rollout.engine, model, tokenizer,
-                                                     precision=recipe_precision(cfg))
+                                                     precision=recipe_precision(cfg), workers=cfg.rollout.workers,
+                                                     timeout_s=cfg.rollout.worker_timeout_s)
 
 
 def old_logprobs(model, engine, batch: RolloutBatch, cfg: RLConfig) -> tuple[torch.Tensor | None, bool]:

@@ -82,7 +82,8 @@ def train(cfg: RLConfig) -> dict:
         for reward in rewards.rewards.values():  # a reward model scores in eval mode: no dropout
             if isinstance(getattr(reward.fn, "model", None), torch.nn.Module):
                 reward.fn.model.eval()
-        engine = build_engine(cfg.rollout.engine, policy, tokenizer, precision=recipe_precision(cfg))
+        engine = build_engine(cfg.rollout.engine, policy, tokenizer, precision=recipe_precision(cfg),
+                              workers=cfg.rollout.workers, timeout_s=cfg.rollout.worker_timeout_s)
         spec = environment_spec(cfg.env) if cfg.env.name else None  # multi-turn episodes
         train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
                                                        rewards=rewards, eval_rewards=score_eval,
