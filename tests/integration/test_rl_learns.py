@@ -102,8 +102,11 @@ def test_rl_raises_the_reward(tmp_path, warm_models, algorithm, learning):
         assert all(key in r for r in rows), key  # logged every step, updated or not
     updated = [r for r in rows if r["train/update_skipped"] == 0]  # DAPO may keep no group in a step
     assert updated
-    for key in ("kl/mean", "entropy/mean", "train/clip_fraction", "train/sampler_logprob_gap", "compute/update/flops"):
+    for key in ("entropy/mean", "train/clip_fraction", "train/sampler_logprob_gap", "compute/update/flops"):
         assert key in updated[-1], key
+    # The KL to the reference is measured (and logged) only where the algorithm has a KL term.
+    has_kl = load_config(rl.RLConfig, None, [f"algorithm.name={algorithm}"]).algorithm.resolve().kl_coef > 0
+    assert ("kl/mean" in updated[-1]) == has_kl, (algorithm, has_kl)
     assert summary["rl_steps"] == 40 and (tmp_path / algorithm / "model" / "config.json").is_file()
 
 

@@ -188,7 +188,9 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
             stepped = optimizer_step(model, optimizer, scheduler, max_grad_norm=cfg.optim.max_grad_norm,
                                      loss=sums["loss"], check_finite=lambda m: run.check_finite(step + 1, m))
         metrics = {"train/loss": sums["loss"], **stepped,
-                   "kl/mean": sums["kl"], "entropy/mean": sums["entropy"], "train/clip_fraction": sums["clip"],
+                   "entropy/mean": sums["entropy"], "train/clip_fraction": sums["clip"],
                    "train/ratio_mean": sums["ratio"]}
+        if ref_logp is not None:  # no reference, no KL: a logged 0 would read as "the policy never moved"
+            metrics["kl/mean"] = sums["kl"]
     metrics["train/sampler_logprob_gap"] = gap  # mean |sampler − trainer| log-prob over the model tokens
     return metrics
