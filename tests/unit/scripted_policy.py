@@ -9,7 +9,20 @@ from posttrain.engines.base import Completion
 EOS = 0
 
 
-class PolicyEngine:
+class ScriptedEngineBase:
+    """What a scripted engine has no use for: there are no weights to load or share."""
+
+    def load_weights(self, source):
+        pass
+
+    def shares_weights(self, model):
+        return False
+
+    def close(self):
+        pass
+
+
+class PolicyEngine(ScriptedEngineBase):
     def __init__(self, policy):
         self.policy = policy
         self.calls: list[dict] = []  # per generate call: the prompts it got and its limits
@@ -30,12 +43,3 @@ class PolicyEngine:
             shown = new[:-1] if new and new[-1] == EOS else new
             out.append([Completion(i, new, [0.0] * len(new), " ".join(map(str, shown)), reason)])
         return out
-
-    def load_weights(self, source):
-        pass
-
-    def shares_weights(self, model):
-        return False
-
-    def close(self):
-        pass

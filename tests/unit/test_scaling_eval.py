@@ -8,12 +8,13 @@ import pytest
 
 from posttrain.config import ConfigError, load_config
 from posttrain.engines.base import Completion
+from scripted_policy import ScriptedEngineBase
 from posttrain.recipes.scaling_eval import ScalingEvalConfig, read_samples, run_eval, strategy_table
 
 CALLS = []
 
 
-class ScriptedEngine:
+class ScriptedEngine(ScriptedEngineBase):
     """Reads "a+b=" from the prompt; greedy answers right, sample j answers right when j is even
     (else one too many), so every figure is known in advance."""
 
@@ -29,15 +30,6 @@ class ScriptedEngine:
                 [str(a + b + (j % 2)) for j in range(sampling.n)]
             out.append([Completion(i, [1] * len(t), [0.0] * len(t), t, "stop") for t in texts])
         return out
-
-    def load_weights(self, source):
-        pass
-
-    def shares_weights(self, model):
-        return False
-
-    def close(self):
-        pass
 
 
 def record(prompt_id, sample, answer, score, tokens=3):
@@ -138,7 +130,7 @@ def test_a_resume_with_another_data_format_is_refused_naming_it(tmp_path):
         run_eval(config(tmp_path, "num_prompts=2", "data.format=gsm8k"))
 
 
-class HumanEvalEngine:
+class HumanEvalEngine(ScriptedEngineBase):
     """Answers each HumanEval prompt with `body(problem)`; problems are found by their prompt's
     token ids, so nothing depends on how the tokenizer decodes code."""
 
@@ -157,15 +149,6 @@ class HumanEvalEngine:
         assert sampling.temperature == 0  # one greedy completion per problem, reused as sample 0
         texts = [self.body(self.by_ids[tuple(ids)]) for ids in prompt_ids]
         return [[Completion(i, [1] * len(t), [0.0] * len(t), t, "stop")] for i, t in enumerate(texts)]
-
-    def load_weights(self, source):
-        pass
-
-    def shares_weights(self, model):
-        return False
-
-    def close(self):
-        pass
 
 
 class StubEngine(HumanEvalEngine):

@@ -8,12 +8,13 @@ import pytest
 
 from posttrain.config import ConfigError, load_config
 from posttrain.engines.base import Completion
+from scripted_policy import ScriptedEngineBase
 from posttrain.recipes.scaling_eval import ScalingEvalConfig, run_eval
 
 CALLS = []
 
 
-class ScriptedThinker:
+class ScriptedThinker(ScriptedEngineBase):
     """Reads "a+b=" from the prompt. Inside a think block it writes "a+b=c</think>"; after the
     block it answers a+b when the block holds that whole line, else a+b+1. Without a think block
     (plain answers, revisions) it answers a+b+1 until its context says "incorrect", then a+b.
@@ -49,15 +50,6 @@ class ScriptedThinker:
             shown = new[:-1] if new and new[-1] == self.tok.eos_token_id else new
             out.append([Completion(i, new, [0.0] * len(new), self.tok.decode(shown), reason)])
         return out
-
-    def load_weights(self, source):
-        pass
-
-    def shares_weights(self, model):
-        return False
-
-    def close(self):
-        pass
 
 
 def config(tmp_path, *overrides):
