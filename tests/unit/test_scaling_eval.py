@@ -172,3 +172,16 @@ def test_humaneval_through_posttrain_eval_scores_canonical_solutions_1_and_stubs
     first = json.loads((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()[1])
     # samples.jsonl keeps the completion whole: the stops cut it only for scoring.
     assert first["text"].endswith("print(undefined_name)\n" if accuracy else "    return None\n")
+
+
+def test_the_python_api_runs_the_same_evaluation_as_the_command(tmp_path):
+    from posttrain.eval import evaluate
+
+    command = run_eval(config(tmp_path / "cli"))
+    result = evaluate("tiny", out=str(tmp_path / "py" / "eval"), engine="test_scaling_eval:ScriptedEngine",
+                      samples=4, ks=[1, 2, 4], data={"arithmetic": {"num_train": 4, "num_eval": 6}},
+                      prompts_per_batch=2, bootstrap_resamples=100)
+    assert result["strategies"] == command["strategies"] and result["num_prompts"] == 6
+    assert (tmp_path / "py" / "eval" / "eval.json").is_file()
+    with pytest.raises(ConfigError, match="samples"):
+        evaluate("tiny", out=str(tmp_path / "bad"), samples=0)
