@@ -4,8 +4,8 @@ with SFT only, on the spreadsheet environment (after Yi et al. 2026, arXiv 2603.
     python examples/agentic/compare.py                    # the reference scale (docs/results/agentic/)
     python examples/agentic/compare.py --scale smoke      # a minute: every stage, tiny numbers
     python examples/agentic/compare.py --out runs/agentic --reuse   # reuse finished stages
-    python examples/agentic/compare.py --out runs/lr1e-4 --reuse --rl-set optim.lr=1e-4 --pivot-set optim.lr=1e-4
-        # a variant: copy a finished run's base/sft stages (and tasks/, model-*/) into runs/lr1e-4 first
+    python examples/agentic/compare.py --out runs/lr3e-5 --reuse --rl-set optim.lr=3e-5 --pivot-set optim.lr=3e-5
+        # a variant: link a finished run's base/, sft/, tasks/, model-*/ and cache/ into runs/lr3e-5 first
 
 From the same generated tasks and the same scripted-expert trajectories:
     1. tasks (train / held-out workbooks) and the expert's conversations; SFT data = those plus
@@ -38,13 +38,16 @@ import time
 from pathlib import Path
 
 SCALES = {
-    # name: tasks, steps and batch sizes; `tools` is the tool set offered (env.options.tools)
+    # name: tasks, steps and batch sizes; `tools` is the tool set offered (env.options.tools).
+    # PivotRL profiles `pivot_candidates` expert turns drawn from `pivot_tasks` trajectories (None:
+    # every turn). `lr` is both RL methods': 3e-4 damaged the SFT model at the reference scale,
+    # 1e-4 did not (docs/results/agentic/README.md, run 4 and its variants).
     "smoke": dict(num_train=8, num_eval=4, arithmetic_train=40, arithmetic_eval=8, pretrain_steps=2, sft_steps=4,
-                  large_sft_steps=2, rl_steps=2, pivot_steps=2, pivot_tasks=4, prompts=2, samples=2, k=2,
-                  max_new_tokens=48, max_turns=5),
+                  large_sft_steps=2, rl_steps=2, pivot_steps=2, pivot_tasks=4, pivot_candidates=None, prompts=2,
+                  samples=2, k=2, max_new_tokens=48, max_turns=5, lr=3e-4),
     "reference": dict(num_train=800, num_eval=50, arithmetic_train=370, arithmetic_eval=30, pretrain_steps=600,
-                      sft_steps=400, large_sft_steps=400, rl_steps=20, pivot_steps=20, pivot_tasks=32, prompts=8,
-                      samples=8, k=8, max_new_tokens=64, max_turns=6),
+                      sft_steps=400, large_sft_steps=400, rl_steps=20, pivot_steps=20, pivot_tasks=800,
+                      pivot_candidates=128, prompts=8, samples=8, k=8, max_new_tokens=64, max_turns=6, lr=1e-4),
 }
 # Without read_rows (the expert never needs it): its schema would lengthen every sequence by a sixth.
 TOOLS = ("list_sheets", "describe_sheet", "query")
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     from posttrain.recipes import pivotrl, rl
 
     records: list[dict] = []
-    overrides = {"rl": args.rl_set, "pivotrl": [f"pivot_tasks={scale['pivot_tasks']}"] + args.pivot_set}
+    overrides = {"rl": args.rl_set, "pivotrl": [f"pivot_tasks={scale['pivot_tasks']}",
+                                                f"pivot_candidates={scale['pivot_candidates']}"] + args.pivot_set}
 
     def add(method: str, run: str, seconds: float) -> None:
         """Measure `run`'s final model and rewrite the outputs with it: a stopped comparison keeps its rows."""
@@ -134,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = timed(out / "pivotrl", args.skip_sft, lambda: pivotrl.train(load_config(
             pivotrl.PivotRLConfig, None, common + [
                 f"model.name_or_path={sft_small['model_dir']}", "run.name=pivotrl", f"steps={scale['pivot_steps']}",
-                f"pivot.samples_per_candidate={scale['k']}", f"pivot.expert={data['pivot_experts']}"] + args.pivot_set)))
+                f"pivot.samples_per_candidate={scale['k']}", f"pivot.expert={data['pivot_experts']}",
+                f"pivot.max_candidates={'null' if scale['pivot_candidates'] is None else scale['pivot_candidates']}"]
+                + args.pivot_set)))
         add("SFT → PivotRL", "pivotrl", seconds)
     if not args.without_large:  # last: the row that costs the most and answers the least
         sft_large = sft(out, "sft-large", pretrained("base-large", large), data["sft"], scale["large_sft_steps"],
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_data(out: Path, env: dict, scale: dict, seed: int) -> dict:
     """The SFT file (the expert's conversations on the training tasks plus arithmetic, so that
     out-of-domain accuracy has something to keep), PivotRL's expert file (the first
-    `pivot_tasks` of those conversations: the candidates it profiles), the copy drills the base
+    `pivot_tasks` of those conversations, whose turns it profiles, or `pivot_candidates` of them), the copy drills the base
     models are pretrained on, and the tokenizer corpus."""
     from types import SimpleNamespace
 
@@ -224,7 +230,7 @@ def rl_overrides(out: Path, env: dict, scale: dict, seed: int) -> list[str]:
         f"eval.num_samples={scale['num_eval']}", "reward.functions=[spreadsheet]",
         f"rollout.max_new_tokens={scale['max_new_tokens']}", f"rollout.prompts_per_step={scale['prompts']}",
         f"rollout.samples_per_prompt={scale['samples']}", f"micro_batch_size={scale['samples']}",
-        "optim.lr=3e-4", "run.eval_every=1000",
+        f"optim.lr={scale['lr']}", "run.eval_every=1000",
     ]
 
 
