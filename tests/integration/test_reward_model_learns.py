@@ -155,7 +155,10 @@ def test_saved_reward_model_reloads_with_identical_scores_and_scores_like_traini
     # The reward function renders (prompt, completion) as training did and scores a batch at once.
     pairs = [json.loads(line) for line in preference_files(0)[1].read_text().splitlines()]
     forwards = []
-    scorer.model.register_forward_hook(lambda module, args, output: forwards.append(1))
+    # Scores are read through the backbone and the head separately (models/scalar_head.py, so the
+    # head runs in float32 under autocast): count the backbone's forwards.
+    backbone = getattr(scorer.model, scorer.model.base_model_prefix)
+    backbone.register_forward_hook(lambda module, args, output: forwards.append(1))
     with RewardRunner({"rm": scorer}) as runner:  # as the RL loop calls rewards
         report = runner([r["prompt"] for r in pairs], [r["chosen"] for r in pairs], pairs)
     assert len(forwards) == 1  # the whole batch in one forward, through the `batch` hook
