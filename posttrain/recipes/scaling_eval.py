@@ -332,13 +332,13 @@ def run_eval(cfg: ScalingEvalConfig) -> dict:
             batch = [(i, j, c) for i, g, s in zip(ids, greedy, sampled) for j, c in [(-1, g[0]), *enumerate(s)]]
             batch_rows = [rows[i] for i, _, _ in batch]
             texts = [c.text for _, _, c in batch]
-            scores = score_report(scorer, batch_rows, [read_answer(t) for t in texts]).total
-            weights = score_report(weigher, batch_rows, [read_answer(t) for t in texts]).total \
-                if weigher is not None else [None] * len(batch)
+            answers = [read_answer(t) for t in texts]  # what the rewards and the vote read
+            scores = score_report(scorer, batch_rows, answers).total
+            weights = score_report(weigher, batch_rows, answers).total if weigher is not None else [None] * len(batch)
             with samples_path.open("a", encoding="utf-8") as f:
-                for (i, j, completion), text, score, weight in zip(batch, texts, scores, weights):
+                for (i, j, completion), text, answer, score, weight in zip(batch, texts, answers, scores, weights):
                     record = {"prompt_id": i, "sample": j, "text": text,
-                              "answer": _jsonable(extract(read_answer(text))), "score": score, "weight": weight,
+                              "answer": _jsonable(extract(answer)), "score": score, "weight": weight,
                               "tokens": len(completion.token_ids), "prompt_tokens": len(prompt_ids[i])}
                     for copy in [record] + ([{**record, "sample": 0}] if cfg.temperature == 0 else []):
                         f.write(json.dumps(copy) + "\n")
