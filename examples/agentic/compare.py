@@ -45,7 +45,7 @@ SCALES = {
     "smoke": dict(num_train=8, num_eval=4, arithmetic_train=40, arithmetic_eval=8, pretrain_steps=2, sft_steps=4,
                   large_sft_steps=2, rl_steps=2, pivot_steps=2, pivot_tasks=4, pivot_candidates=None, prompts=2,
                   samples=2, k=2, max_new_tokens=48, max_turns=5, lr=3e-4),
-    "reference": dict(num_train=800, num_eval=50, arithmetic_train=370, arithmetic_eval=30, pretrain_steps=600,
+    "reference": dict(num_train=800, num_eval=100, arithmetic_train=370, arithmetic_eval=30, pretrain_steps=600,
                       sft_steps=400, large_sft_steps=400, rl_steps=20, pivot_steps=20, pivot_tasks=800,
                       pivot_candidates=128, prompts=8, samples=8, k=8, max_new_tokens=64, max_turns=6, lr=1e-4),
 }
