@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Hashable, Optional, Union
 
-from posttrain.config import ConfigError, DataConfig, ModelConfig, require
+from posttrain.config import ConfigError, DataConfig, ModelConfig, PrecisionName, require
 from posttrain.recipes.sequential_eval import (RevisionConfig, ThinkingConfig, answer_reader, format_sequential_table,
                                                run_sequential)
 
@@ -62,6 +62,12 @@ class ScalingEvalConfig:
     seed: int = 0
     timeout_s: float = 30.0
     on_error: str = "zero"
+    # The sampler's forward: fp32, bf16-mixed (bf16 autocast) or auto (posttrain/training/precision.py);
+    # the same choice a training run makes, so an evaluation matches how the model was sampled there.
+    precision: PrecisionName = "fp32"
+    # Sandbox protections a sandboxed reward (code) must have here, else the evaluation refuses to
+    # start (as reward.sandbox.require in training): filesystem, network, processes.
+    sandbox_require: list[str] = dataclasses.field(default_factory=list)
     confidence: float = 0.95
     bootstrap_resamples: int = 1000
     overwrite: bool = False
@@ -110,6 +116,17 @@ def answer_extractor(reward: str) -> tuple[Callable[[str], Optional[Hashable]], 
     return (lambda text: text.strip() or None), None
 
 
+def check_sandbox(reward: str, required: list[str]) -> None:
+    """Refuse to evaluate a sandboxed reward (code) where the sandbox lacks a `required` level; warn
+    once about missing levels otherwise, before any completion is generated."""
+    from posttrain.recipes.rl.rewards import SANDBOXED_REWARDS
+
+    if required or reward in SANDBOXED_REWARDS:
+        from posttrain.verifiers.sandbox import require_protections  # probes with a subprocess: only when needed
+
+        require_protections(required, key="sandbox_require")
+
+
 # -- the samples file --------------------------------------------------------------------------
 
 def _settings(cfg: ScalingEvalConfig) -> dict:
@@ -117,6 +134,8 @@ def _settings(cfg: ScalingEvalConfig) -> dict:
     settings = {key: values[key] for key in SETTINGS}
     if cfg.thinking is not None:  # the rewards read the text after the close delimiter
         settings["answer_after"] = cfg.thinking.close
+    if cfg.precision != "fp32":  # bf16 samples other tokens; fp32 files written before the key stay valid
+        settings["precision"] = cfg.precision
     return settings
 
 
@@ -129,9 +148,10 @@ def read_samples(path: Path, settings: dict) -> dict[int, list[dict]]:
         lines = f.read().splitlines()
     if not lines:
         return done
-    header = json.loads(lines[0])
-    for key, value in settings.items():
-        written = header.get("settings", {}).get(key)
+    header = json.loads(lines[0]).get("settings", {})
+    # Keys on either side: one written only when set (precision, answer_after) must be refused too.
+    for key in [*settings, *(k for k in header if k not in settings)]:
+        written, value = header.get(key), settings.get(key)
         if written != value:
             key, written, value = _first_difference(key, written, value)
             raise ConfigError(f"{path} was written with {key}={written!r}, not "
@@ -290,6 +310,7 @@ def run_eval(cfg: ScalingEvalConfig) -> dict:
     from posttrain.evaluation import eval_reward_runner, score_report
     from posttrain.models.build import load_model_and_tokenizer
     from posttrain.recipes.prompt_data import load_prompt_sets
+    from posttrain.training.precision import resolve_precision
 
     cfg.validate()
     others = earlier_results(cfg.compare_with)  # before any generation: a wrong path fails at once
@@ -300,9 +321,13 @@ def run_eval(cfg: ScalingEvalConfig) -> dict:
         samples_path.unlink()
     settings = _settings(cfg)
     records = read_samples(samples_path, settings)
+    check_sandbox(cfg.reward, cfg.sandbox_require)  # before the model loads: a refusal costs nothing
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     model.eval()
-    engine = build_engine(cfg.engine, model, tokenizer)
+    precision = resolve_precision(cfg.precision, next(model.parameters()).device,
+                                  weights_dtype=next(model.parameters()).dtype)
+    print(f"posttrain eval: {precision.describe()}")
+    engine = build_engine(cfg.engine, model, tokenizer, precision=precision)
     # Only the held-out rows are scored, so only they are checked against the reward (training rows of
     # another task need not have its columns), and with data.eval set data.train is not read at all.
     _, held = load_prompt_sets(cfg.data, tokenizer, seed=cfg.seed, eval_rewards=[cfg.reward], held_out_only=True)

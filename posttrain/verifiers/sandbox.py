@@ -403,22 +403,23 @@ def missing_levels(protections: Sequence[str], levels: Sequence[str] = tuple(LEV
 _warned = False
 
 
-def require_protections(levels: Sequence[str] = ()) -> tuple[str, ...]:
+def require_protections(levels: Sequence[str] = (), key: str = "reward.sandbox.require") -> tuple[str, ...]:
     """Probe the sandbox; raise `SandboxUnavailable` if any of `levels` is missing, and warn once
-    (to stderr) about every level that is missing but not required. Returns the protections."""
+    (to stderr) about every level that is missing but not required. Returns the protections.
+    `key` is the setting that asked for `levels`, named in the error and the warning."""
     global _warned
     protections = available_protections()
     missing = missing_levels(protections, tuple(LEVELS))
     required = missing_levels(protections, levels)
     if required:
         raise SandboxUnavailable(
-            f"reward.sandbox.require asks for {list(levels)}, but on this machine the sandbox cannot confine "
+            f"{key} asks for {list(levels)}, but on this machine the sandbox cannot confine "
             f"{required} (active protections: {list(protections)}). "
             + _HOW_TO_GET.get(required[0], ""))
     if missing and not _warned:
         _warned = True
         print(f"posttrain: warning: the code sandbox cannot confine {missing} on this machine (active: "
-              f"{list(protections)}); set reward.sandbox.require to refuse to run like this", file=sys.stderr)
+              f"{list(protections)}); set {key} to refuse to run like this", file=sys.stderr)
     return protections
 
 

@@ -130,6 +130,39 @@ def test_a_resume_with_another_data_format_is_refused_naming_it(tmp_path):
         run_eval(config(tmp_path, "num_prompts=2", "data.format=gsm8k"))
 
 
+PRECISIONS = []
+
+
+class PrecisionEngine(ScriptedEngine):
+    """The scripted engine, recording the precision the factory hands it (as the HF engine's forward would use)."""
+
+    def __init__(self, model, tokenizer, *, precision=None):
+        super().__init__(model, tokenizer)
+        PRECISIONS.append(precision)
+
+
+def test_precision_reaches_the_engine_and_a_resume_in_another_precision_is_refused(tmp_path):
+    PRECISIONS.clear()
+    run_eval(config(tmp_path, "engine=test_scaling_eval:PrecisionEngine", "num_prompts=2", "precision=bf16-mixed"))
+    assert [(p.name, p.requested) for p in PRECISIONS] == [("bf16-mixed", "bf16-mixed")]
+    with pytest.raises(ConfigError, match="written with precision='bf16-mixed', not None"):
+        run_eval(config(tmp_path, "engine=test_scaling_eval:PrecisionEngine", "num_prompts=2"))
+    run_eval(config(tmp_path / "fp32", "engine=test_scaling_eval:PrecisionEngine", "num_prompts=2"))
+    assert PRECISIONS[-1].name == "fp32"
+    with pytest.raises(ConfigError, match="'precision' must be one of"):
+        run_eval(config(tmp_path / "bad", "precision=fp16"))
+
+
+def test_a_code_evaluation_refuses_to_start_without_a_required_sandbox_level(tmp_path, monkeypatch):
+    from posttrain.verifiers import sandbox
+
+    monkeypatch.setattr(sandbox, "available_protections", lambda: ("rlimits",))
+    CALLS.clear()
+    with pytest.raises(sandbox.SandboxUnavailable, match=r"cannot confine \['network'\]"):
+        run_eval(config(tmp_path, "data.eval=builtin:humaneval", "reward=code", "sandbox_require=[network]"))
+    assert CALLS == [] and not (tmp_path / "eval" / "samples.jsonl").exists()
+
+
 class HumanEvalEngine(ScriptedEngineBase):
     """Answers each HumanEval prompt with `body(problem)`; problems are found by their prompt's
     token ids, so nothing depends on how the tokenizer decodes code."""
