@@ -18,6 +18,23 @@ is ``per_device_train_batch_size = P·G``, ``gradient_accumulation_steps = 1``, 
 = G``, ``num_iterations = 1`` (one process): P prompts, P·G completions, one optimizer step per
 generation. With ``num_iterations = 1`` and ``steps_per_generation = 1`` TRL skips the old-log-prob
 forward pass (the ratio is 1 by construction), as posttrain does with ``updates_per_batch = 1``.
+
+Precision: ``spec["trl_bf16"]`` is passed as ``GRPOConfig(bf16=...)``; ``None`` leaves it out, so
+TRL's own default applies (``bf16=True`` unless ``fp16`` is set, TRL 1.16). On CPU accelerate then
+wraps the model's forward in ``torch.autocast("cpu", torch.bfloat16)``; the weights stay float32.
+The run reports the value TRL ended up with and the dtype one linear layer's output really had
+while generating and while training (``DtypeProbe``).
+
+Where the step's time goes (one generation round and one optimizer step per step, see above):
+
+* generation: each ``model.generate`` call's wall time; its FLOPs, ``2·N`` per token that goes
+  through the model: every row's non-pad prompt tokens (TRL prefills each of the P·G rows) plus the
+  generated tokens through the first EOS;
+* update: from the end of ``_prepare_inputs`` (rollout, scoring and advantages done) to the end of
+  the optimizer step (forward, backward, clip, AdamW, zero-grad); its FLOPs ``6·N`` per non-pad
+  token of the P·G prompt + completion rows. Gradient checkpointing's recomputed forward is not
+  counted: the figure is the model's FLOPs, as in "model FLOPs utilisation";
+* ``N`` is ``posttrain.compute.matmul_params(model)``, the count posttrain's own ledger uses.
 """
 
 from __future__ import annotations
@@ -43,19 +60,38 @@ def _reward_fn(counter: dict):
     return arithmetic
 
 
-def _time_generate(model, seconds: list[float]) -> None:
-    """Wrap ``model.generate`` so each call's wall time is recorded (TRL calls it once per step;
-    on one CPU process ``unwrap_model_for_generation`` hands back this same object)."""
+def _time_generate(model, seconds: list[float], prompt_tokens: list[int], probe) -> None:
+    """Wrap ``model.generate`` so each call's wall time and non-pad prompt tokens are recorded (TRL
+    calls it once per step; on one CPU process ``unwrap_model_for_generation`` hands back this same
+    object), with ``probe.phase`` set to "generate" while it runs."""
     generate = model.generate
 
     def timed(*args: Any, **kwargs: Any):
+        mask = kwargs.get("attention_mask")
+        prompt_tokens.append(int(mask.sum()) if mask is not None else int(kwargs["input_ids"].numel()))
+        probe.phase = "generate"
         start = time.perf_counter()
         try:
             return generate(*args, **kwargs)
         finally:
             seconds.append(time.perf_counter() - start)
+            probe.phase = "train"
 
     model.generate = timed
+
+
+def _time_prepare(trainer, prepared_at: list[float], update_tokens: list[int]) -> None:
+    """Wrap the trainer's ``_prepare_inputs`` (generation, scoring, advantages: the rollout stage) to
+    stamp when it returns and count the non-pad tokens the update will run on."""
+    prepare = trainer._prepare_inputs
+
+    def timed(*args: Any, **kwargs: Any):
+        inputs = prepare(*args, **kwargs)
+        update_tokens.append(int(inputs["prompt_mask"].sum()) + int(inputs["completion_mask"].sum()))
+        prepared_at.append(time.perf_counter())
+        return inputs
+
+    trainer._prepare_inputs = timed
 
 
 def _step_clock(times: list[float]):
@@ -77,17 +113,24 @@ def run_trl(spec: dict) -> dict:
 
     ``spec`` keys: model_dir, train_rows (list of {"prompt": messages, "answer": str}),
     prompts_per_step, samples, max_new_tokens, lr, seed, out_dir.
-    Returns {"step_seconds", "step_tokens", "generate_seconds"}: one entry per step, warm-up included.
+    Returns {"step_seconds", "step_tokens", "generate_seconds", "generate_flops", "update_seconds",
+    "update_flops"} (one entry per step, warm-up included), "bf16" (the value TRL used),
+    "precision" ("bf16-mixed" or "fp32"), "matmul_dtypes" ({phase: dtypes seen}) and "matmul_params".
     """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
+    from _stages import DtypeProbe
+    from posttrain.compute import matmul_params
+
     P, G = spec["prompts_per_step"], spec["samples"]
     total_steps = spec["warmup"] + spec["steps"]
     args = GRPOConfig(
         output_dir=spec["out_dir"],
-        use_cpu=True, bf16=False, fp16=False, seed=spec["seed"],
+        use_cpu=True, fp16=False, seed=spec["seed"],
+        # None: TRL's own default (see the module docstring).
+        **({} if spec.get("trl_bf16") is None else {"bf16": spec["trl_bf16"]}),
         # Batch mapping: see the module docstring.
         per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_generations=G, num_iterations=1,
         max_steps=total_steps, shuffle_dataset=False, dataloader_num_workers=0,
@@ -110,15 +153,29 @@ def run_trl(spec: dict) -> dict:
     counter: dict = {"tokens": []}
     times: list[float] = []
     generate_seconds: list[float] = []
-    _time_generate(model, generate_seconds)
+    prompt_tokens: list[int] = []
+    prepared_at: list[float] = []
+    update_tokens: list[int] = []
+    n_params = matmul_params(model)
+    probe = DtypeProbe(model)
+    _time_generate(model, generate_seconds, prompt_tokens, probe)
     trainer = GRPOTrainer(
         model=model, reward_funcs=_reward_fn(counter), args=args,
         train_dataset=Dataset.from_list(spec["train_rows"]), processing_class=tokenizer,
         callbacks=[_step_clock(times)],
     )
+    _time_prepare(trainer, prepared_at, update_tokens)
     trainer.train()
     seconds = [b - a for a, b in zip(times, times[1:])]
-    if len(seconds) != total_steps or len(counter["tokens"]) != total_steps:
-        raise RuntimeError(f"TRL ran {len(seconds)} steps and {len(counter['tokens'])} generation rounds; "
+    if not (len(seconds) == len(counter["tokens"]) == len(generate_seconds) == len(prepared_at) == total_steps):
+        raise RuntimeError(f"TRL ran {len(seconds)} steps, {len(counter['tokens'])} generation rounds, "
+                           f"{len(generate_seconds)} generate calls and {len(prepared_at)} input preparations; "
                            f"expected {total_steps} of each (check the batch mapping)")
-    return {"step_seconds": seconds, "step_tokens": counter["tokens"], "generate_seconds": generate_seconds}
+    return {"step_seconds": seconds, "step_tokens": counter["tokens"], "generate_seconds": generate_seconds,
+            "generate_flops": [2 * n_params * (p + g) for p, g in zip(prompt_tokens, counter["tokens"])],
+            "update_seconds": [end - ready for ready, end in zip(prepared_at, times[1:])],
+            "update_flops": [6 * n_params * t for t in update_tokens],
+            "bf16": bool(trainer.args.bf16), "precision": "bf16-mixed" if trainer.args.bf16 else "fp32",
+            "precision_detail": f"bf16={bool(trainer.args.bf16)} ("
+                                + ("GRPOConfig's default" if spec.get("trl_bf16") is None else "as set") + ")",
+            "matmul_dtypes": probe.as_dict(), "matmul_params": n_params}

@@ -4,11 +4,12 @@ Run by hand (not a test; needs the ``bench`` extra, i.e. ``trl==1.16.0``)::
 
     .venv/bin/python benchmarks/dpo_vs_trl.py [--sizes tiny,small] [--steps 10] [--warmup 2]
         [--pairs-per-step 32] [--preamble-words 0] [--threads 1] [--lr 1e-5] [--no-ref-each-step]
+        [--precision fp32|bf16-mixed|recommended|both|all] [--json PATH]
 
 For each model size the offline tiny model is built once (``build_tiny_model``) into a temp dir
 and every run loads it from there. Each run is a child process of its own (so peak RSS, read
 from ``getrusage(RUSAGE_SELF).ru_maxrss`` in the child, does not mix), with ``--threads`` torch
-(and OMP/MKL) threads, fp32 on CPU, and the same settings:
+(and OMP/MKL) threads on CPU, and the same settings:
 
 * pairs: ``(warmup + steps) × P`` arithmetic problems as plain text, prompt ``"12+34="``, chosen
   the answer, rejected a near miss (``preference_rows``), optionally after ``--preamble-words``
@@ -24,7 +25,12 @@ from ``getrusage(RUSAGE_SELF).ru_maxrss`` in the child, does not mix), with ``--
   micro_batch_size = P``; TRL ``per_device_train_batch_size = P``, no accumulation);
 * AdamW (0.9, 0.95), no weight decay, constant LR, gradient clip 1.0, no dropout, no gradient
   checkpointing (TRL's DPOConfig turns it on by default; see ``_trl_dpo_runner.py`` for every
-  default we override and why).
+  default we override and why);
+* precision, per ``--precision`` mode (``_stages.py``): ``fp32`` (posttrain ``precision=fp32``,
+  TRL ``bf16=False``), ``bf16-mixed`` (posttrain ``precision=bf16-mixed``, TRL ``bf16=True``; both
+  bf16 autocast over float32 weights, the reference pass included), ``recommended`` (posttrain
+  ``precision=auto``, TRL its ``DPOConfig`` default, ``bf16=True``). Each mode is a set of runs and
+  a table of its own; the table's header says what each side resolved to.
 
 What one step is (both timed end-of-step to end-of-step; the warm-up steps are dropped):
 
@@ -37,6 +43,16 @@ What one step is (both timed end-of-step to end-of-step; the warm-up steps are d
 
 Outside the timed window: tokenising, the reference pass, posttrain's start/end evaluation (one
 held-out pair) and its final save. Those count towards the child's wall time and peak RSS.
+
+Where the time goes: DPO generates nothing, so a step is its update plus the rest. "update" is
+posttrain's compute-ledger stage ``dpo`` (padding the batch, forward, loss, backward, clip, AdamW)
+and TRL's ``on_step_begin`` to ``on_step_end`` (forward, the reference forward in the
+ref-each-step column, backward, clip, AdamW; its batch is fetched and collated before); "other"
+is the step's remainder. Its GFLOP/s counts ``6·N`` per token the model runs (posttrain: each
+pair's shared prompt once, as its forward runs it; TRL: both full sequences, plus ``2·N`` per token
+for the reference forward when it runs each step), ``N = posttrain.compute.matmul_params``, and
+its % of peak is against ``peak.py``'s matmul peak measured at the start of the same invocation,
+at ``--threads``, in the dtype of the side's precision (bf16 for bf16-mixed, else fp32).
 """
 
 from __future__ import annotations
@@ -75,6 +91,9 @@ class Settings:
     max_length: int
     beta: float = 0.1
     seed: int = 0
+    # posttrain's `precision` key (fp32, bf16-mixed, auto) and TRL's `bf16` (None: its config default).
+    precision: str = "fp32"
+    trl_bf16: bool | None = False
 
     @property
     def total_steps(self) -> int:
@@ -112,6 +131,9 @@ def _child_posttrain(spec: dict) -> dict:
     from posttrain.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig
     from posttrain.recipes.preference import dpo
     from posttrain.run import Run
+    from posttrain.training.precision import recipe_precision
+
+    from _stages import increments
 
     # Stamp the process CPU time whenever the recipe logs (after the step-0 evaluation, then after
     # every step), next to the wall-clock stamps metrics.jsonl already holds.
@@ -135,7 +157,7 @@ def _child_posttrain(spec: dict) -> dict:
         eval=EvalConfig(num_samples=1),
         loss=dpo.LossConfig(type="dpo", beta=s.beta),
         steps=s.total_steps, examples_per_step=s.pairs_per_step, micro_batch_size=s.pairs_per_step,
-        inference_batch_size=s.pairs_per_step,
+        inference_batch_size=s.pairs_per_step, precision=s.precision,
     )
     cfg.validate()
     dpo.train(cfg)
@@ -156,7 +178,11 @@ def _child_posttrain(spec: dict) -> dict:
     sequence_tokens = [sum(len(split.sequences[r]) for r in split.rows(step_indices(
         step, per_step=s.pairs_per_step, num_examples=len(split), seed=s.seed))) for step in range(s.total_steps)]
     cpu = [cpu_stamps[step] for step in range(s.total_steps + 1)]
+    precision = recipe_precision(cfg)  # what the run resolved (auto is measured once per process)
     return {"step_seconds": [b - a for a, b in zip(stamps, stamps[1:])],
+            "update_seconds": increments([r.get("compute/dpo/seconds", 0.0) for r in steps]),
+            "update_flops": increments([r.get("compute/dpo/flops", 0.0) for r in steps]),
+            "precision": precision.name, "precision_detail": precision.describe(),
             "step_cpu_seconds": [b - a for a, b in zip(cpu, cpu[1:])],
             "step_tokens": sequence_tokens,
             "forwarded_tokens": [r["train/tokens"] for r in steps],
@@ -211,27 +237,48 @@ def run_child(framework: str, settings: Settings, model_dir: Path, train_path: P
 # ----------------------------------------------------------------------------- summary
 
 
-def summarise(result: dict, warmup: int) -> dict:
+def summarise(result: dict, warmup: int, peak: dict) -> dict:
     """Figures over the measured steps (warm-up dropped). Medians and the best step, because other
-    processes share the cores and a single slow step would drag a mean."""
+    processes share the cores and a single slow step would drag a mean. ``peak`` is
+    ``peak.measure()``'s result: the update's GFLOP/s is put against the peak of the dtype the
+    side's matmuls ran in."""
+    from _stages import peak_dtype, stage_figures
+
     seconds = result["step_seconds"][warmup:]
     tokens = result["step_tokens"][warmup:]
+    update = result["update_seconds"][warmup:]
+    dtype = peak_dtype(result["precision"])
+    peak_gflops = peak["peak_gflops"][dtype]
     return {
+        "precision": result["precision"],
+        "precision_detail": result["precision_detail"],
+        "matmul_dtypes": result.get("matmul_dtypes"),
+        "peak_dtype": dtype,
+        "peak_gflops": peak_gflops,
         "s_per_step": statistics.median(seconds),
         "best_s_per_step": min(seconds),
         "cpu_s_per_step": statistics.median(result["step_cpu_seconds"][warmup:]),
+        **stage_figures("update", update, result["update_flops"][warmup:], peak_gflops),
+        "other_s_per_step": statistics.median(s - u for s, u in zip(seconds, update)),
         "tok_per_s": statistics.median(t / s for t, s in zip(tokens, seconds)),
         "tokens_per_step": sum(tokens) / len(tokens),
         "setup_s": result["setup_seconds"],
         "peak_rss_mib": result["peak_rss_mib"],
         "process_s": result["process_seconds"],
         "load": result["load"],
+        "per_step": {key: result[key] for key in ("step_seconds", "step_cpu_seconds", "step_tokens",
+                                                  "update_seconds", "update_flops")},
     }
 
 
 ROWS = [("s/step, median", "s_per_step", "{:.4f}"),
         ("s/step, best", "best_s_per_step", "{:.4f}"),
         ("CPU s/step, median", "cpu_s_per_step", "{:.4f}"),
+        ("update s/step", "update_s_per_step", "{:.4f}"),
+        ("other s/step", "other_s_per_step", "{:.4f}"),
+        ("update GFLOP/s", "update_gflops", "{:.1f}"),
+        ("update % of peak", "update_pct_peak", "{:.1f}"),
+        ("peak GFLOP/s (its dtype)", "peak_gflops", "{:.1f}"),
         ("tokens/s (of step time)", "tok_per_s", "{:.0f}"),
         ("tokens/step", "tokens_per_step", "{:.0f}"),
         ("reference/setup s", "setup_s", "{:.2f}"),
@@ -241,16 +288,23 @@ ROWS = [("s/step, median", "s_per_step", "{:.4f}"),
 
 
 def print_table(label: str, columns: dict[str, dict]) -> None:
-    """One block per size: each figure for every run, and each TRL run's ratio over posttrain's."""
+    """One block per size and precision mode: each figure for every run, and each TRL run's ratio over posttrain's."""
+    from _stages import ratio
+
     names = list(columns)
     ours = columns["posttrain"]
+    print()
+    for n in names:
+        probe = f"; a linear layer's output dtype: {columns[n]['matmul_dtypes']}" if columns[n]["matmul_dtypes"] else ""
+        print(f"[{label}]  {n}: {columns[n]['precision_detail']}{probe}")
     header = "".join(f"{n:>20s}" for n in names) + "".join(f"{'TRL/posttrain' if n == 'trl' else n + '/pt':>24s}"
                                                           for n in names[1:])
-    print(f"\n[{label}]  {'':24s}{header}")
+    print(f"[{label}]  {'':26s}{header}")
+    print(f"[{label}]  {'precision':26s}" + "".join(f"{columns[n]['precision']:>20s}" for n in names))
     for title, key, fmt in ROWS:
         values = "".join(f"{fmt.format(columns[n][key]):>20s}" for n in names)
-        ratios = "".join(f"{columns[n][key] / ours[key] if ours[key] else float('nan'):>23.2f}x" for n in names[1:])
-        print(f"[{label}]  {title:24s}{values}{ratios}")
+        ratios = "".join(f"{ratio(columns[n][key], ours[key]):>23.2f}x" for n in names[1:])
+        print(f"[{label}]  {title:26s}{values}{ratios}")
 
 
 def main() -> None:
@@ -266,34 +320,66 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-ref-each-step", action="store_true",
                         help="skip the run with TRL's default precompute_ref_log_probs=False")
+    parser.add_argument("--precision", default="fp32",
+                        help="comma-separated modes: fp32 (posttrain precision=fp32 vs TRL bf16=False), bf16-mixed "
+                             "(precision=bf16-mixed vs bf16=True), recommended (precision=auto vs TRL's default, "
+                             "bf16=True); both = fp32,bf16-mixed; all = all three")
+    parser.add_argument("--peak-sizes", default="1024,1536,2048", help="matrix sizes of the matmul-peak measurement")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure (and per-step lists) here")
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.pairs_per_step < 1:
         parser.error("need --steps >= 1, --warmup >= 0 and --pairs-per-step >= 1")
+
+    from _stages import PRECISION_MODES, parse_precision_modes
+    from peak import format_table, measure
+
+    try:
+        modes = parse_precision_modes(args.precision)
+    except ValueError as err:
+        parser.error(f"--precision: {err}")
 
     from posttrain.models.tiny import build_tiny_model
 
     frameworks = ["posttrain", "trl"] + ([] if args.no_ref_each_step else ["trl-ref-each-step"])
     max_length = 64 + 2 * args.preamble_words  # above every sequence: nothing is truncated or rejected
     print(f"DPO, posttrain vs TRL: {args.pairs_per_step} pairs per step, {args.warmup} warm-up + {args.steps} "
-          f"measured steps, beta=0.1, fp32 CPU, {args.threads} threads, preamble {args.preamble_words} words")
+          f"measured steps, beta=0.1, CPU, {args.threads} threads, preamble {args.preamble_words} words; "
+          f"precision modes {', '.join(modes)}")
+    # The peak the update is measured against: this machine, this thread count, this invocation.
+    peak = measure([int(n) for n in args.peak_sizes.split(",") if n.strip()], threads=args.threads)
+    print(format_table(peak))
+    report = {"benchmark": "dpo_vs_trl", "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "peak": peak, "runs": []}
     for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
-        settings = Settings(size=size, pairs_per_step=args.pairs_per_step, steps=args.steps, warmup=args.warmup,
-                            lr=args.lr, threads=args.threads, preamble_words=args.preamble_words,
-                            max_length=max_length, seed=args.seed)
         with tempfile.TemporaryDirectory(prefix=f"dpo-vs-trl-{size}-") as tmp:
             work = Path(tmp)
             model_dir = build_tiny_model(work / "model", preset=size)
-            train_rows, held_out = pairs(settings)
-            train_path = _write_jsonl(work / "train.jsonl", train_rows)
-            eval_path = _write_jsonl(work / "eval.jsonl", held_out)
-            columns = {}
-            for framework in frameworks:
-                print(f"[{size}] running {framework} ...", flush=True)
-                columns[framework] = summarise(run_child(framework, settings, model_dir, train_path, eval_path, work),
-                                               args.warmup)
-        print_table(f"{size}, {args.preamble_words}w", columns)
-        if len({round(c["tokens_per_step"]) for c in columns.values()}) > 1:
-            print(f"[{size}]  note: tokens/step differ: the runs visit the pairs in different orders")
+            for index, mode in enumerate(modes):
+                posttrain_precision, trl_bf16 = PRECISION_MODES[mode]
+                settings = Settings(size=size, pairs_per_step=args.pairs_per_step, steps=args.steps,
+                                    warmup=args.warmup, lr=args.lr, threads=args.threads,
+                                    preamble_words=args.preamble_words, max_length=max_length, seed=args.seed,
+                                    precision=posttrain_precision, trl_bf16=trl_bf16)
+                if index == 0:  # the same pairs for every mode
+                    train_rows, held_out = pairs(settings)
+                    train_path = _write_jsonl(work / "train.jsonl", train_rows)
+                    eval_path = _write_jsonl(work / "eval.jsonl", held_out)
+                run_work = work / mode
+                run_work.mkdir()
+                columns = {}
+                for framework in frameworks:
+                    print(f"[{size}, {mode}] running {framework} (posttrain precision={posttrain_precision}, TRL "
+                          f"bf16={'(its default)' if trl_bf16 is None else trl_bf16}) ...", flush=True)
+                    columns[framework] = summarise(run_child(framework, settings, model_dir, train_path, eval_path,
+                                                             run_work), args.warmup, peak)
+                label = f"{size}, {args.preamble_words}w, {mode}"
+                print_table(label, columns)
+                if len({round(c["tokens_per_step"]) for c in columns.values()}) > 1:
+                    print(f"[{label}]  note: tokens/step differ: the runs visit the pairs in different orders")
+                report["runs"].append({"size": size, "mode": mode, "settings": asdict(settings), **columns})
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nfigures written to {args.json}")
 
 
 if __name__ == "__main__":
