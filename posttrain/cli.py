@@ -57,8 +57,9 @@ def _run_recipe(command: str, args: list[str]) -> int:
     config_cls, entry = _recipe(command)
     config_path, overrides = _split_config_args(args)
     config = load_config(config_cls, config_path, overrides)
-    print(f"# posttrain {command}: resolved config")
-    print(yaml.safe_dump(to_dict(config), sort_keys=False).rstrip())
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank reads the config; rank 0 prints it
+        print(f"# posttrain {command}: resolved config")
+        print(yaml.safe_dump(to_dict(config), sort_keys=False).rstrip())
     entry(config)
     return 0
 

@@ -148,6 +148,21 @@ class RunConfig:
 
 
 @dataclasses.dataclass
+class DistributedConfig:
+    """Data-parallel ranks (posttrain/training/distributed.py explains what is sharded)."""
+
+    # Ranks posttrain spawns on this machine, each with its share of every step's prompts. Under
+    # torchrun the launcher's WORLD_SIZE is used, and this must be 1 or the same number.
+    world_size: int = 1
+    # auto: NCCL when the model is on a GPU (each rank on cuda:LOCAL_RANK), gloo on the CPU.
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.world_size, bool) or not isinstance(self.world_size, int) or self.world_size < 1:
+            raise ConfigError(f"distributed.world_size must be an int >= 1, got {self.world_size!r}")
+
+
+@dataclasses.dataclass
 class EvalConfig:
     """Generation-based evaluation on the held-out prompts (accuracy under a reward function)."""
 

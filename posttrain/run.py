@@ -249,6 +249,10 @@ def _holds_run(run_dir: Path) -> bool:
 class Run:
     """One training run and its directory. Create it with ``Run.start``."""
 
+    # Whether this process writes the run directory and evaluates: rank 0 of a data-parallel run
+    # (the other ranks hold a `training.distributed.FollowerRun`), and every single-process run.
+    is_main = True
+
     def __init__(
         self,
         run_dir: Path,

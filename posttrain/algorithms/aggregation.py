@@ -12,6 +12,10 @@ Modes (names follow verl's `loss_agg_mode`):
   Liu et al. 2025: the generation budget, max_new_tokens), then mean over sequences. Removes
   GRPO's length bias. `constant_normaliser` is required; pass `global_sequences` when accumulating.
 
+Over several data-parallel ranks the counts are the whole step's on every rank (`loss_counts`
+with a summing `reduce`): each rank's micro-batches divide by them, and the ranks' gradients are
+summed, which equals the single-process gradient over the union batch.
+
 Sequences with no valid token count for nothing (they add 0 and are not counted).
 Every function takes all keyword arguments and ignores the ones its mode does not use, so a
 recipe can pass the same counts whatever the configured mode.
@@ -19,7 +23,8 @@ recipe can pass the same counts whatever the configured mode.
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -37,6 +42,27 @@ class Aggregation(Protocol):
         global_sequences: float | None = None,
         constant_normaliser: float | None = None,
     ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class LossCounts:
+    """What one optimizer step's losses divide by, counted over the whole step."""
+
+    rows: int          # sequences in the step's batch (0: nothing to train on, anywhere)
+    tokens: float      # valid tokens: token-mean's `global_tokens`
+    sequences: float   # sequences with at least one valid token: the seq-mean modes' `global_sequences`
+
+
+def loss_counts(mask: torch.Tensor, reduce: Callable[[Sequence[float]], Sequence[float]] | None = None) -> LossCounts:
+    """The step's counts from its (B, T) valid-token mask, B = 0 allowed. `reduce` sums a list of
+    numbers over data-parallel ranks (`training.distributed.Ranks.sum`); one call per step, before
+    the micro-batches, so every micro-batch of every rank divides by the same numbers."""
+    if mask.numel() == 0:
+        local = [float(mask.shape[0]) if mask.dim() == 2 else 0.0, 0.0, 0.0]
+    else:
+        local = [float(mask.shape[0]), float(mask.sum()), float((mask.sum(1) > 0).sum())]
+    rows, tokens, sequences = reduce(local) if reduce is not None else local
+    return LossCounts(rows=int(rows), tokens=float(tokens), sequences=float(sequences))
 
 
 def _positive(value: float | None, name: str) -> float | None:

@@ -94,6 +94,7 @@ class PivotRLConfig(RLConfig):
                 f"pivot.max_candidates must be >= 1 or null, got {p.max_candidates}")
         require(p.reprofile_window >= 1, f"pivot.reprofile_window must be >= 1, got {p.reprofile_window}")
         require(not self.needs_critic(), "pivotrl trains with a group baseline; a critic algorithm (ppo) does not apply")
+        require(self.distributed.world_size == 1, "pivotrl runs in one process for now: distributed.world_size must be 1")
 
 
 def train(cfg: PivotRLConfig) -> dict:

@@ -15,6 +15,10 @@ A recipe reads top to bottom around it::
 `train_step(step) -> metrics` is the method itself (one optimizer step, or one RL iteration);
 everything around it — when to log, evaluate and checkpoint, the progress bar, the final save,
 plot and summary — lives here, so five recipes cannot drift apart again.
+
+Data parallel (`training/distributed.py`): every rank runs the loop and resumes from the same
+checkpoint; only the rank whose run `is_main` (rank 0) evaluates, logs, checkpoints, saves,
+plots and writes the summary.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from posttrain.config import RunConfig, to_dict
 from posttrain.models.loading import save_model
 from posttrain.plots import plot_metrics
 from posttrain.run import Run
+from posttrain.training.distributed import Ranks, share_run
 from posttrain.training.precision import recipe_precision
 
 
@@ -51,9 +56,10 @@ def warn_to(run: Run) -> Callable[[str], None]:
     return lambda message: run.console.print(f"warning: {message}", markup=False, style="yellow")
 
 
-def start_run(cfg, extra_config: dict | None = None) -> Run:
+def start_run(cfg, extra_config: dict | None = None, ranks: Ranks = Ranks()) -> Run:
     """Create (or resume) the run directory a recipe config's `run` section names; the saved
     config is the whole recipe config plus `extra_config` (e.g. the resolved algorithm).
+    Over several `ranks` rank 0 does so and the others get a `FollowerRun` of it.
 
     A config with a `precision` key has it resolved here, for every recipe alike: a bad
     combination stops the run before its directory exists, the choice and its reason are
@@ -61,8 +67,9 @@ def start_run(cfg, extra_config: dict | None = None) -> Run:
     r: RunConfig = cfg.run
     precision = recipe_precision(cfg) if hasattr(cfg, "precision") else None
     resolved = {"resolved_precision": precision.as_dict()} if precision is not None else {}
-    run = Run.start(r.output_dir, r.name, {**to_dict(cfg), **resolved, **(extra_config or {})}, resume=r.resume,
-                    overwrite=r.overwrite, report_to=r.report_to, wandb_project=r.wandb_project)
+    run = share_run(ranks, lambda: Run.start(
+        r.output_dir, r.name, {**to_dict(cfg), **resolved, **(extra_config or {})}, resume=r.resume,
+        overwrite=r.overwrite, report_to=r.report_to, wandb_project=r.wandb_project))
     if precision is not None:
         run.print(precision.describe(), markup=False)
     return run
@@ -119,6 +126,8 @@ class TrainingLoop:
         return self.start_step
 
     def evaluate(self, step: int) -> dict:
+        if not self.run.is_main:  # data parallel: rank 0 evaluates
+            return {}
         with self.ledger.timed("eval"):
             metrics = self._evaluate_fn()
         self.run.log(step, metrics)
@@ -149,6 +158,8 @@ class TrainingLoop:
         self.final_eval = self.evaluate(self.steps)
 
     def _save_checkpoint(self, step: int) -> None:
+        if not self.run.is_main:
+            return
         extra = self._extra_state() if self._extra_state is not None else {}
         save_checkpoint(self.run.dir, step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                         tokenizer=self.tokenizer, keep_last=self.run_cfg.keep_last,
@@ -162,6 +173,8 @@ class TrainingLoop:
         recipe's fields plus the model and plot paths, seconds, every before/after evaluation
         figure, the ledger and a line per reward runner that saw failures (`reward_errors`,
         also printed) — print the ledger, and return the summary."""
+        if not self.run.is_main:  # data parallel: rank 0 saves and summarises
+            return dict(summary)
         errors = [line for runner in reward_runners if runner is not None and (line := runner.summary())]
         extra_dirs = {f"{name}_dir": str(save_model(module, self.tokenizer, self.run.dir / name))
                       for name, module in (also_save or {}).items()}

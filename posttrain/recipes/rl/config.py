@@ -13,7 +13,8 @@ from typing import Any, Literal, Union
 
 from posttrain.algorithms.presets import AlgorithmPreset, get_preset
 from posttrain.config import (
-    ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, PrecisionName, RunConfig, require,
+    ConfigError, DataConfig, DistributedConfig, EvalConfig, ModelConfig, OptimConfig, PrecisionName, RunConfig,
+    require,
 )
 
 # Advantage estimators that need a critic's values; algorithms using them run the PPO loop.
@@ -183,9 +184,12 @@ class RLConfig:
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     critic: CriticConfig = dataclasses.field(default_factory=CriticConfig)
     env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+    # Data-parallel ranks: `distributed.world_size: 2` spawns two (gloo on CPU); torchrun works too.
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     steps: int = 100
     # Sequences per forward/backward pass; a step's prompts_per_step × samples_per_prompt
-    # sequences are split into micro-batches of this size (gradient accumulation in between).
+    # sequences (each rank's share of them, over several ranks) are split into micro-batches of
+    # this size (gradient accumulation in between).
     micro_batch_size: int = 64
     # Optimizer steps per rollout batch (PPO epochs); old log-probs are computed once per batch.
     updates_per_batch: int = 1
@@ -194,13 +198,35 @@ class RLConfig:
     # posttrain/training/precision.py.
     precision: PrecisionName = "fp32"
 
+    def check_world_size(self, world: int) -> None:
+        """What `world` data-parallel ranks need: whole prompts per rank, micro-batches that divide
+        each rank's sequences, and a loop that runs on several ranks (the critic-free one)."""
+        r = self.rollout
+        sequences = r.prompts_per_step * r.samples_per_prompt
+        if world == 1:
+            require(sequences % self.micro_batch_size == 0,
+                    f"rollout.prompts_per_step × rollout.samples_per_prompt ({r.prompts_per_step} × "
+                    f"{r.samples_per_prompt} = {sequences} sequences) must be a multiple of micro_batch_size "
+                    f"({self.micro_batch_size})")
+            return
+        require(r.prompts_per_step % world == 0,
+                f"rollout.prompts_per_step ({r.prompts_per_step}) must be a multiple of the world size ({world}): "
+                "each rank samples whole prompts")
+        per_rank = sequences // world
+        require(per_rank % self.micro_batch_size == 0,
+                f"each of the {world} ranks trains on {r.prompts_per_step // world} prompts × {r.samples_per_prompt} "
+                f"samples = {per_rank} sequences, which must be a multiple of micro_batch_size ({self.micro_batch_size})")
+        require(not self.needs_critic(), f"algorithm {self.algorithm.name!r} (a critic) runs in one process for now: "
+                "distributed.world_size > 1 supports the critic-free loop (grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo)")
+        require(r.engine != "ray", "rollout.engine=ray starts its own workers; use it with distributed.world_size=1 "
+                "(each rank samples with its own engine)")
+
     def needs_critic(self) -> bool:
         """True when the algorithm's advantage needs a value model (ppo): `rl.train` then runs `recipes/rl/ppo.py`."""
         return self.algorithm.resolve().advantage in CRITIC_ESTIMATORS
 
     def validate(self) -> None:
         r = self.rollout
-        sequences = r.prompts_per_step * r.samples_per_prompt
         require(self.steps > 0, f"steps must be > 0, got {self.steps}")
         require(r.prompts_per_step > 0, "rollout.prompts_per_step must be > 0")
         require(r.samples_per_prompt >= 1, "rollout.samples_per_prompt must be >= 1")
@@ -213,10 +239,6 @@ class RLConfig:
                 and r.worker_timeout_s > 0, f"rollout.worker_timeout_s must be a number of seconds > 0, "
                 f"got {r.worker_timeout_s!r}")
         require(self.micro_batch_size > 0, "micro_batch_size must be > 0")
-        require(sequences % self.micro_batch_size == 0,
-                f"rollout.prompts_per_step × rollout.samples_per_prompt ({r.prompts_per_step} × "
-                f"{r.samples_per_prompt} = {sequences} sequences) must be a multiple of micro_batch_size "
-                f"({self.micro_batch_size})")
         require(self.updates_per_batch >= 1, "updates_per_batch must be >= 1")
         self.env.validate()
         require(self.reward.missing_eos_penalty is None or self.reward.missing_eos_penalty >= 0,
@@ -258,3 +280,6 @@ class RLConfig:
         require(algo.loss_normaliser is None or isinstance(algo.loss_normaliser, float)
                 or algo.loss_normaliser == "max_new_tokens",
                 f"algorithm.loss_normaliser must be a number or 'max_new_tokens', got {algo.loss_normaliser!r}")
+        from posttrain.training.distributed import world_size  # the launcher's (torchrun) or distributed.world_size
+
+        self.check_world_size(world_size(self.distributed))

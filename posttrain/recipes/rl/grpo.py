@@ -16,15 +16,20 @@ updates, the detached current ones when it gets one. A separate engine (another 
 computes them with other kernels, so its sampler log-probs are the old log-probs and the
 sampler–trainer gap is its health check. The gap is logged every step either way.
 
+Data parallel (`distributed.world_size: N`, or torchrun): every rank runs this loop on its share
+of each step's prompts (whole groups), the loss normalisers are the step's global counts, and
+DDP sums the gradients, so the update is the single-process update over the union batch;
+rank 0 alone writes the run directory and evaluates. `training/distributed.py` has the design.
+
 Differences from the papers: a reward of None (not scorable) is masked out of the loss and
-replaced by its group's mean so it moves no baseline; everything runs in one process.
+replaced by its group's mean so it moves no baseline.
 """
 
 from __future__ import annotations
 
 import torch
 
-from posttrain.algorithms.aggregation import aggregate
+from posttrain.algorithms.aggregation import LossCounts, aggregate, loss_counts
 from posttrain.algorithms.kl import kl_estimate
 from posttrain.algorithms.masked import masked_mean
 from posttrain.algorithms.registry import AdvantageInputs, get_advantage_estimator, get_policy_loss
@@ -43,6 +48,7 @@ from posttrain.recipes.rl.rollouts import collect_rollouts
 from posttrain.recipes.rl.samples import RolloutLog
 from posttrain.recipes.rl.evaluation import evaluate_prompts
 from posttrain.run import Run
+from posttrain.training.distributed import Ranks
 from posttrain.training.loop import TrainingLoop, set_seed, start_run
 from posttrain.training.modes import train_mode
 from posttrain.training.optim import build_optimizer, build_scheduler, optimizer_step
@@ -52,16 +58,20 @@ from posttrain.training.precision import recipe_precision
 def train(cfg: RLConfig) -> dict:
     """Run RL as configured; returns the summary also written to `summary.json`."""
     algo = cfg.algorithm.resolve()
-    run = start_run(cfg, {"resolved_algorithm": algo.as_dict()})
+    ranks = Ranks.current()  # one process unless started by `training.distributed.launch` or torchrun
+    run = start_run(cfg, {"resolved_algorithm": algo.as_dict()}, ranks=ranks)
     with run, reward_runners(cfg, run) as (rewards, score_eval), turn_reward_runner(cfg, run) as turn_rewards:
         set_seed(cfg.run.seed)
         run.print(f"algorithm {cfg.algorithm.name}: {algo.as_dict()}")
-        model, tokenizer, reference, engine = load_policy(cfg, algo)
-        spec = environment_spec(cfg.env) if cfg.env.name else None  # multi-turn episodes
-        train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
-                                                       rewards=rewards, eval_rewards=score_eval,
-                                                       source_rows=spec.rows if spec else None)
+        with ranks.main_first():  # rank 0 builds what is cached on disk (a tiny model, task files)
+            model, tokenizer, reference, engine = load_policy(cfg, algo)
+            spec = environment_spec(cfg.env) if cfg.env.name else None  # multi-turn episodes
+            train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed,
+                                                           console=run.console, rewards=rewards,
+                                                           eval_rewards=score_eval,
+                                                           source_rows=spec.rows if spec else None)
 
+        trainer = ranks.wrap(model)  # the update's forward passes: DDP over several ranks, else the model
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * cfg.updates_per_batch)
         ledger = ComputeLedger()
@@ -78,12 +88,13 @@ def train(cfg: RLConfig) -> dict:
 
         def rl_step(step: int) -> dict:
             batch, metrics = collect_rollouts(generate_and_score, train_prompts, cfg, algo, step,
-                                              tokenizer.pad_token_id, samples)
-            if batch.size:
+                                              tokenizer.pad_token_id, samples, ranks=ranks)
+            counts = loss_counts(loss_mask(batch), ranks.sum)  # the whole step's, over every rank
+            if counts.rows:  # every rank updates, one whose share is empty too (see train_on_batch)
                 metrics.update(train_on_batch(model, reference, engine, optimizer, scheduler, batch, cfg, algo, run,
-                                              step, ledger, n_params))
+                                              step, ledger, n_params, counts=counts, ranks=ranks, trainer=trainer))
                 engine.load_weights(model)
-            metrics["train/update_skipped"] = float(batch.size == 0)
+            metrics["train/update_skipped"] = float(counts.rows == 0)
             return metrics
 
         loop = TrainingLoop(run, cfg.run, cfg.steps, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -124,23 +135,25 @@ def old_logprobs(model, engine, batch: RolloutBatch, cfg: RLConfig) -> tuple[tor
     return None, False
 
 
-def train_on_batch(model, reference, engine, optimizer, scheduler, batch: RolloutBatch, cfg: RLConfig, algo,
-                   run: Run, step: int, ledger: ComputeLedger, n_params: int) -> dict:
-    """Old/reference log-probs once, advantages, then `updates_per_batch` optimizer steps.
+def loss_mask(batch: RolloutBatch) -> torch.Tensor:
+    """(B, L-1): the model tokens of the scorable sequences, what the loss, KL and counts cover."""
+    if not batch.size:
+        return torch.zeros(0, 0)
+    return batch.mask * batch.scorable.unsqueeze(1)
 
-    Forward passes run under the run's precision (`precision.autocast()`); the log-probs they
-    return, and so the ratio, KL, advantages and loss, are float32 either way."""
-    T = cfg.rollout.temperature
-    precision = recipe_precision(cfg)
-    mask = batch.mask * batch.scorable.unsqueeze(1)
+
+def logprobs_and_advantages(model, reference, engine, batch: RolloutBatch, mask: torch.Tensor, cfg: RLConfig, algo,
+                            ledger: ComputeLedger, n_params: int):
+    """What a batch's updates need, computed once: the old log-probs (None: the detached current
+    ones), the reference log-probs (None without a KL term) and the advantages (B, L-1)."""
     tokens = int(batch.attention_mask.sum())
-    with ledger.timed("reference"), precision.autocast():
+    with ledger.timed("reference"), recipe_precision(cfg).autocast():
         old_logp, computed = old_logprobs(model, engine, batch, cfg)
         if computed:
             ledger.record("reference", tokens=tokens, params=n_params)
         ref_logp = None
         if reference is not None:
-            ref_logp = batch_logprobs(reference, batch, T, cfg.micro_batch_size)
+            ref_logp = batch_logprobs(reference, batch, cfg.rollout.temperature, cfg.micro_batch_size)
             ledger.record("reference", tokens=tokens, params=n_params)
     kl_in_reward = None
     if ref_logp is not None and algo.kl_placement == "reward":
@@ -149,48 +162,81 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
     advantages = get_advantage_estimator(algo.advantage)(AdvantageInputs(
         rewards=batch.rewards, mask=mask, group_ids=batch.group_ids, kl=kl_in_reward,
         kl_coef=algo.kl_coef, gamma=algo.gamma, lam=algo.lam)).advantages
+    return old_logp, ref_logp, advantages
+
+
+def train_on_batch(model, reference, engine, optimizer, scheduler, batch: RolloutBatch, cfg: RLConfig, algo,
+                   run: Run, step: int, ledger: ComputeLedger, n_params: int, *, counts: LossCounts | None = None,
+                   ranks: Ranks = Ranks(), trainer=None) -> dict:
+    """Old/reference log-probs once, advantages, then `updates_per_batch` optimizer steps.
+
+    `counts`: what the losses divide by (default: this batch's own counts). Data parallel:
+    the step's counts over every rank, `trainer` the DDP-wrapped `model`, and this rank's `batch`
+    may be empty: it then joins each update's gradient all-reduce with a zero-weight backward.
+    The metrics are the step's on every rank (the update's sums are all-reduced).
+
+    Forward passes run under the run's precision (`precision.autocast()`); the log-probs they
+    return, and so the ratio, KL, advantages and loss, are float32 either way."""
+    T = cfg.rollout.temperature
+    precision = recipe_precision(cfg)
+    trainer = model if trainer is None else trainer
+    mask = loss_mask(batch)
+    counts = counts if counts is not None else loss_counts(mask)
+    tokens = int(batch.attention_mask.sum())
+    old_logp = ref_logp = advantages = None
+    if batch.size:  # an empty share (data parallel) only joins the update's collectives
+        old_logp, ref_logp, advantages = logprobs_and_advantages(model, reference, engine, batch, mask, cfg, algo,
+                                                                 ledger, n_params)
     policy_loss = get_policy_loss(algo.policy_loss)
     normaliser = float(cfg.rollout.max_new_tokens) if algo.loss_normaliser == "max_new_tokens" else algo.loss_normaliser
-    global_tokens = float(mask.sum())
-    global_sequences = float((mask.sum(1) > 0).sum())
+    global_tokens, global_sequences = counts.tokens, counts.sequences
     metrics: dict = {}
     gap = 0.0
+    starts = range(0, batch.size, cfg.micro_batch_size)
     for update in range(cfg.updates_per_batch):
         with ledger.timed("update"):
             sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip": 0.0, "ratio": 0.0}
-            for start in range(0, batch.size, cfg.micro_batch_size):
+            for start in starts:
                 rows = slice(start, start + cfg.micro_batch_size)
-                with precision.autocast():  # the forward only; backward runs outside the region
-                    logp, entropy = forward_logprobs(model, batch, rows, T, with_entropy=True)
-                m = mask[rows].to(logp.device)
-                share = float(m.sum()) / max(global_tokens, 1.0)  # this micro-batch's share of the tokens
-                if update == 0:  # the trainer's log-probs of the weights that sampled: the health check
-                    sampler = batch.sampler_logprobs[rows].to(logp.device)
-                    gap += float(masked_mean((sampler - logp.detach()).abs(), m > 0)) * share
-                old = old_logp[rows].to(logp.device) if old_logp is not None else logp.detach()
-                out = policy_loss(logp, old, advantages[rows].to(logp.device), m, eps_low=algo.eps_low,
-                                  eps_high=algo.eps_high, dual_clip=algo.dual_clip)
-                loss = aggregate(out.loss, m, algo.aggregation, global_tokens=global_tokens,
-                                 global_sequences=global_sequences, constant_normaliser=normaliser)
-                if ref_logp is not None:
-                    kl = kl_estimate(logp, ref_logp[rows].to(logp.device), algo.kl_estimator)
-                    if algo.kl_placement == "loss":
-                        loss = loss + algo.kl_coef * aggregate(kl, m, algo.aggregation, global_tokens=global_tokens,
-                                                               global_sequences=global_sequences,
-                                                               constant_normaliser=normaliser)
-                    sums["kl"] += float(masked_mean(kl.detach(), m > 0)) * share
-                loss.backward()
+                # Data parallel: the update's last micro-batch all-reduces the accumulated gradients.
+                with ranks.gradient_sync(trainer, sync=start == starts[-1]):
+                    with precision.autocast():  # the forward only; backward runs outside the region
+                        logp, entropy = forward_logprobs(trainer, batch, rows, T, with_entropy=True)
+                    m = mask[rows].to(logp.device)
+                    share = float(m.sum()) / max(global_tokens, 1.0)  # this micro-batch's share of the tokens
+                    if update == 0:  # the trainer's log-probs of the weights that sampled: the health check
+                        sampler = batch.sampler_logprobs[rows].to(logp.device)
+                        gap += float(masked_mean((sampler - logp.detach()).abs(), m > 0)) * share
+                    old = old_logp[rows].to(logp.device) if old_logp is not None else logp.detach()
+                    out = policy_loss(logp, old, advantages[rows].to(logp.device), m, eps_low=algo.eps_low,
+                                      eps_high=algo.eps_high, dual_clip=algo.dual_clip)
+                    loss = aggregate(out.loss, m, algo.aggregation, global_tokens=global_tokens,
+                                     global_sequences=global_sequences, constant_normaliser=normaliser)
+                    if ref_logp is not None:
+                        kl = kl_estimate(logp, ref_logp[rows].to(logp.device), algo.kl_estimator)
+                        if algo.kl_placement == "loss":
+                            loss = loss + algo.kl_coef * aggregate(kl, m, algo.aggregation,
+                                                                   global_tokens=global_tokens,
+                                                                   global_sequences=global_sequences,
+                                                                   constant_normaliser=normaliser)
+                        sums["kl"] += float(masked_mean(kl.detach(), m > 0)) * share
+                    loss.backward()
                 sums["loss"] += loss.item()
                 sums["entropy"] += float(masked_mean(entropy, m > 0)) * share
                 sums["clip"] += float(out.clip_frac) * share
                 sums["ratio"] += float(masked_mean(out.ratio.detach(), m > 0)) * share
+            if not starts:  # data parallel, nothing on this rank: zero gradients into the others' all-reduce
+                ranks.join_backward(trainer)
             ledger.record("update", tokens=tokens, params=n_params, backward=True)
+            if ranks.distributed:  # each rank's sums are its shares of the step's: their sum is the step's
+                sums = dict(zip(sums, ranks.sum(list(sums.values()))))
             stepped = optimizer_step(model, optimizer, scheduler, max_grad_norm=cfg.optim.max_grad_norm,
                                      loss=sums["loss"], check_finite=lambda m: run.check_finite(step + 1, m))
         metrics = {"train/loss": sums["loss"], **stepped,
                    "entropy/mean": sums["entropy"], "train/clip_fraction": sums["clip"],
                    "train/ratio_mean": sums["ratio"]}
-        if ref_logp is not None:  # no reference, no KL: a logged 0 would read as "the policy never moved"
+        if reference is not None:  # no reference, no KL: a logged 0 would read as "the policy never moved"
             metrics["kl/mean"] = sums["kl"]
-    metrics["train/sampler_logprob_gap"] = gap  # mean |sampler − trainer| log-prob over the model tokens
+    # The mean |sampler − trainer| log-prob over the step's model tokens (every rank's share of it).
+    metrics["train/sampler_logprob_gap"] = ranks.sum([gap])[0]
     return metrics

@@ -10,6 +10,11 @@ with their loss masks, rewards and each sequence's prompt; collection turns them
 Metrics are computed over every sampled rollout of every round, before dynamic sampling drops
 groups (as the DAPO paper reports them, Yu et al. 2025, arXiv 2503.14476); the groups that were
 kept for the update have their own `reward/kept_mean`.
+
+Over several data-parallel ranks (`training/distributed.py`) each rank samples its block of every
+round's prompts, whole groups, with its own seed, and filters and refills its share alone (ranks
+may run different numbers of rounds); group ids stay global, and the metrics are the step's,
+computed from every rank's rollouts (`RolloutTally`, gathered once per step).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from posttrain.compute import ComputeLedger
 from posttrain.engines.base import Engine, SamplingParams
 from posttrain.recipes.prompt_data import PromptSet
 from posttrain.recipes.rl.batch import RolloutBatch, TokenSequence, build_batch, concat_batches, single_turn_sequence
+from posttrain.training.distributed import Ranks
 from posttrain.training.order import step_indices
 from posttrain.verifiers.combine import RewardRunner
 
@@ -72,16 +78,17 @@ def single_turn_round(engine: Engine, rewards: RewardRunner, ledger: ComputeLedg
 
 
 def collect_rollouts(generate_and_score: GenerateAndScore, prompts: PromptSet, cfg, algo, step: int,
-                     pad_id: int, sample_log=None) -> tuple[RolloutBatch, dict]:
+                     pad_id: int, sample_log=None, ranks: Ranks = Ranks()) -> tuple[RolloutBatch, dict]:
     """The step's scored rollouts, G per prompt; with dynamic sampling only informative groups
     (rewards not all equal), refilled from later prompts for up to `max_refill_rounds` rounds.
     `sample_log` (a `samples.RolloutLog`) gets the first round, to keep a few rollouts as text.
+    Over several `ranks`, this rank's share: its block of each round's prompts (module docstring).
 
     Returns the batch to train on (empty when every group was uniform) and the step's metrics.
     """
     r = cfg.rollout
     G = r.samples_per_prompt
-    wanted = r.prompts_per_step
+    wanted = r.prompts_per_step // ranks.world_size  # this rank's groups
     kept: list[RolloutBatch] = []
     sampled: list[RolloutBatch] = []
     round_metrics: list[tuple[dict, int]] = []
@@ -90,13 +97,15 @@ def collect_rollouts(generate_and_score: GenerateAndScore, prompts: PromptSet, c
     rounds = 1 + (r.max_refill_rounds if algo.dynamic_sampling else 0)
     for round_index in range(rounds):
         # Round k draws the prompts of a later, unused slice of the epoch permutation.
-        indices = step_indices(step * rounds + round_index, per_step=wanted, num_examples=len(prompts),
-                               seed=cfg.run.seed + 17)
+        indices = ranks.shard(step_indices(step * rounds + round_index, per_step=r.prompts_per_step,
+                                           num_examples=len(prompts), seed=cfg.run.seed + 17))
         sampling = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                  top_k=r.top_k, n=G, seed=cfg.run.seed * 100_003 + step * 101 + round_index)
+                                  top_k=r.top_k, n=G, seed=ranks.seed(cfg.run.seed * 100_003 + step * 101 + round_index))
         rows = [prompts.rows[i] for i in indices]
         scored = generate_and_score(rows, [prompts.prompt_ids[i] for i in indices], sampling)
-        group_ids = [total_groups + i for i in scored.prompt_index]  # unique across the step's rounds
+        # Unique across the step's rounds and ranks: the prompt's place among the round's prompts.
+        first_group = round_index * r.prompts_per_step + ranks.rank * wanted
+        group_ids = [first_group + i for i in scored.prompt_index]
         if sample_log is not None and round_index == 0:
             sample_log.record(step, rows, scored, group_ids)
         batch = shape_rewards(build_batch(scored.sequences, scored.rewards, group_ids, pad_id), cfg, algo)
@@ -120,23 +129,55 @@ def collect_rollouts(generate_and_score: GenerateAndScore, prompts: PromptSet, c
         if kept_groups >= wanted:
             break
     everything = concat_batches(sampled)
+    batch = concat_batches(kept) if kept else RolloutBatch.empty()  # empty: every group uniform after all refills
+    tally = RolloutTally(everything.rewards, everything.response_lengths, everything.truncated, everything.scorable,
+                         batch.rewards if kept else None, total_groups, kept_groups, zero_groups, round_metrics,
+                         episodes)
+    return batch, rollout_metrics(ranks.gather(tally))
+
+
+@dataclass
+class RolloutTally:
+    """What one rank sampled in a step, per sequence of every round, for the step's metrics."""
+
+    rewards: torch.Tensor
+    response_lengths: torch.Tensor
+    truncated: torch.Tensor
+    scorable: torch.Tensor
+    kept_rewards: torch.Tensor | None  # None: no group kept
+    sampled_groups: int
+    kept_groups: int
+    zero_groups: int
+    round_metrics: list[tuple[dict, int]]  # the reward runner's figures and the size of each round
+    episodes: EpisodeStats | None
+
+
+def rollout_metrics(tallies: list[RolloutTally]) -> dict:
+    """The step's rollout metrics from every rank's tally (one tally in one process)."""
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(t, name) for t in tallies])
+
+    rewards = cat("rewards")
+    total_groups = sum(t.sampled_groups for t in tallies)
+    episodes = [t.episodes for t in tallies if t.episodes is not None]
+    for more in episodes[1:]:
+        episodes[0].add(more)
     metrics = {
-        "reward/mean": float(everything.rewards.mean()),
-        "reward/accuracy": float((everything.rewards >= 0.5).float().mean()),
+        "reward/mean": float(rewards.mean()),
+        "reward/accuracy": float((rewards >= 0.5).float().mean()),
         "groups/sampled": float(total_groups),
-        "groups/kept": float(kept_groups),
-        "groups/zero_advantage_fraction": zero_groups / max(total_groups, 1),
-        "response/length_mean": float(everything.response_lengths.float().mean()),
-        "response/truncated_fraction": float(everything.truncated.float().mean()),
-        "response/unscorable": float((~everything.scorable).sum()),
-        **merge_reward_metrics(round_metrics),
-        **(episodes.metrics() if episodes is not None else {}),
+        "groups/kept": float(sum(t.kept_groups for t in tallies)),
+        "groups/zero_advantage_fraction": sum(t.zero_groups for t in tallies) / max(total_groups, 1),
+        "response/length_mean": float(cat("response_lengths").float().mean()),
+        "response/truncated_fraction": float(cat("truncated").float().mean()),
+        "response/unscorable": float((~cat("scorable")).sum()),
+        **merge_reward_metrics([entry for t in tallies for entry in t.round_metrics]),
+        **(episodes[0].metrics() if episodes else {}),
     }
-    if not kept:  # every group uniform after all refills: nothing to learn from this step
-        return RolloutBatch.empty(), metrics
-    batch = concat_batches(kept)
-    metrics["reward/kept_mean"] = float(batch.rewards.mean())
-    return batch, metrics
+    kept = [t.kept_rewards for t in tallies if t.kept_rewards is not None]
+    if kept:
+        metrics["reward/kept_mean"] = float(torch.cat(kept).mean())
+    return metrics
 
 
 def shape_rewards(batch: RolloutBatch, cfg, algo) -> RolloutBatch:
