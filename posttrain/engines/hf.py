@@ -40,6 +40,7 @@ from posttrain.engines.base import Completion, SamplingParams, validate_prompt_i
 from posttrain.engines.kv_cache import decode_cache, drop_leading_columns, supports_column_drop
 from posttrain.engines.sampling import select_next_tokens
 from posttrain.models.device import model_device
+from posttrain.models.loading import cache_keyword
 
 __all__ = ["HFEngine", "ends_with_any"]
 
@@ -55,7 +56,7 @@ class HFEngine:
 
     Args:
         model: a causal LM (``AutoModelForCausalLM``, a peft-wrapped one, or any module whose
-            ``forward(input_ids, attention_mask, position_ids, past_key_values, use_cache)`` returns
+            ``forward(input_ids, attention_mask, position_ids, cache (or past_key_values), use_cache)`` returns
             an object with ``.logits`` of shape (B, T, V)). Usually the very module being trained.
         tokenizer: decodes completions to text and supplies the EOS and pad ids. ``None`` is
             allowed for models without one: texts are then empty and completions stop only on
@@ -85,6 +86,7 @@ class HFEngine:
         self._accepts_logits_to_keep = "logits_to_keep" in params or any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
         )
+        self._cache_keyword = cache_keyword(model)
 
     # ------------------------------------------------------------------ protocol
 
@@ -261,7 +263,7 @@ class HFEngine:
         with self.precision.autocast() if self.precision is not None else contextlib.nullcontext():
             out = self.model(
                 input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                past_key_values=cache, use_cache=True, **kwargs,
+                use_cache=True, **{self._cache_keyword: cache}, **kwargs,
             )
         # float32 whatever the forward's dtype: sampling and the reported log-probs are float32.
         return out.logits[:, -1, :].float()

@@ -357,11 +357,28 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def _base_forward_parameters(model):
+    base = getattr(model, "peft_model", model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return inspect.signature(base.forward).parameters
+
+
+def cache_keyword(model) -> str:
+    """The forward keyword a KV cache goes in by: `cache` where the model's forward names it
+    (transformers 5.2x, which deprecates `past_key_values` and warns on it), else `past_key_values`
+    (older releases, and custom modules written for them). Looks through a peft wrapper."""
+    return "cache" if "cache" in _base_forward_parameters(model) else "past_key_values"
+
+
+def returned_cache(output):
+    """The KV cache a forward with `use_cache=True` returned, under either release's field name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 def accepts_logits_to_keep(model) -> bool:
     """Whether the model's forward takes `logits_to_keep` (Llama, Qwen2, Mistral, ... in recent
     transformers: an int keeps the last positions, a boolean (B, T) mask the marked ones), so a
     caller can skip the LM head on positions whose logits it never reads. Looks through a peft
     wrapper, and through a module that holds one as `peft_model` (the RL reference with adapters off)."""
-    base = getattr(model, "peft_model", model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in _base_forward_parameters(model)

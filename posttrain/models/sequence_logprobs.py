@@ -26,6 +26,7 @@ from posttrain.data.tokenize import TokenizedExample
 from posttrain.models.device import model_device
 # Imported under this module's name so a test can stand in a model without the option.
 from posttrain.models.loading import accepts_logits_to_keep as keeps_masked_logits
+from posttrain.models.loading import cache_keyword, returned_cache
 
 
 def checkpoints_activations(model) -> bool:
@@ -93,7 +94,7 @@ def pair_logps(model, sequences: list[TokenizedExample], prompt_lengths: list[in
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1)
     first_logits = out.logits[:, -1].repeat_interleave(2, dim=0)  # (2B, V)
-    cache = out.past_key_values
+    cache = returned_cache(out)
     cache.batch_repeat_interleave(2)
 
     # 2) The responses, right-padded, attending to their prompt's cached keys and values.
@@ -106,8 +107,8 @@ def pair_logps(model, sequences: list[TokenizedExample], prompt_lengths: list[in
     tail_positions = lengths.unsqueeze(1) + torch.arange(tail_ids.shape[1], device=device)
     scored = tail_mask[:, 1:].bool()
     keep = F.pad(scored, (0, 1))
-    logits = model(input_ids=tail_ids, attention_mask=attention, position_ids=tail_positions, past_key_values=cache,
-                   use_cache=False, logits_to_keep=keep).logits
+    logits = model(input_ids=tail_ids, attention_mask=attention, position_ids=tail_positions,
+                   **{cache_keyword(model): cache}, use_cache=False, logits_to_keep=keep).logits
 
     first = _gather_logps(first_logits, tail_ids[:, 0]) * tail_mask[:, 0]
     token_logps = _gather_logps(logits, tail_ids[:, 1:][scored])
