@@ -98,3 +98,17 @@ class DtypeProbe:
 
     def as_dict(self) -> dict[str, list[str]]:
         return {phase: sorted(dtypes) for phase, dtypes in self.seen.items()}
+
+
+def start_report(benchmark: str, args) -> tuple[dict, dict]:
+    """The matmul peak the stages are measured against (this machine, this thread count, this
+    invocation; printed) and the report every run is appended to: {benchmark, args, peak, runs}."""
+    from pathlib import Path
+
+    from peak import format_table, measure
+
+    peak = measure([int(n) for n in args.peak_sizes.split(",") if n.strip()], threads=args.threads)
+    print(format_table(peak))
+    report = {"benchmark": benchmark, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "peak": peak, "runs": []}
+    return peak, report

@@ -330,8 +330,7 @@ def main() -> None:
     if args.steps < 1 or args.warmup < 0 or args.pairs_per_step < 1:
         parser.error("need --steps >= 1, --warmup >= 0 and --pairs-per-step >= 1")
 
-    from _stages import PRECISION_MODES, parse_precision_modes
-    from peak import format_table, measure
+    from _stages import PRECISION_MODES, parse_precision_modes, start_report
 
     try:
         modes = parse_precision_modes(args.precision)
@@ -345,11 +344,7 @@ def main() -> None:
     print(f"DPO, posttrain vs TRL: {args.pairs_per_step} pairs per step, {args.warmup} warm-up + {args.steps} "
           f"measured steps, beta=0.1, CPU, {args.threads} threads, preamble {args.preamble_words} words; "
           f"precision modes {', '.join(modes)}")
-    # The peak the update is measured against: this machine, this thread count, this invocation.
-    peak = measure([int(n) for n in args.peak_sizes.split(",") if n.strip()], threads=args.threads)
-    print(format_table(peak))
-    report = {"benchmark": "dpo_vs_trl", "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "peak": peak, "runs": []}
+    peak, report = start_report("dpo_vs_trl", args)
     for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
         with tempfile.TemporaryDirectory(prefix=f"dpo-vs-trl-{size}-") as tmp:
             work = Path(tmp)

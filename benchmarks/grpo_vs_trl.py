@@ -311,8 +311,7 @@ def print_table(label: str, ours: dict, theirs: dict) -> None:
 
 
 def main() -> None:
-    from _stages import PRECISION_MODES, parse_precision_modes
-    from peak import format_table, measure
+    from _stages import PRECISION_MODES, parse_precision_modes, start_report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="tiny,small", help="comma-separated presets of build_tiny_model")
@@ -356,11 +355,7 @@ def main() -> None:
           f"{args.warmup} warm-up + {args.steps} measured steps, T=1, beta=0, CPU, {args.threads} threads; "
           f"posttrain micro-batch {args.micro_batch or 'P x G'}, TRL gradient checkpointing "
           f"{'off' if args.trl_no_gradient_checkpointing else 'on (its default)'}; precision modes {', '.join(modes)}")
-    # The peak the stages are measured against: this machine, this thread count, this invocation.
-    peak = measure([int(n) for n in args.peak_sizes.split(",") if n.strip()], threads=args.threads)
-    print(format_table(peak))
-    report = {"benchmark": "grpo_vs_trl", "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "peak": peak, "runs": []}
+    peak, report = start_report("grpo_vs_trl", args)
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix=f"grpo-vs-trl-{size}-") as tmp:
             work = Path(tmp)
