@@ -112,3 +112,15 @@ def start_report(benchmark: str, args) -> tuple[dict, dict]:
     report = {"benchmark": benchmark, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "peak": peak, "runs": []}
     return peak, report
+
+
+def add_report_arguments(parser) -> None:
+    """The flags both framework benchmarks share: --precision, --peak-sizes, --json."""
+    from pathlib import Path
+
+    parser.add_argument("--precision", default="fp32",
+                        help="comma-separated modes: fp32 (posttrain precision=fp32 vs TRL bf16=False), bf16-mixed "
+                             "(precision=bf16-mixed vs bf16=True), recommended (precision=auto vs TRL's default, "
+                             "bf16=True); both = fp32,bf16-mixed; all = all three")
+    parser.add_argument("--peak-sizes", default="1024,1536,2048", help="matrix sizes of the matmul-peak measurement")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure (and per-step lists) here")

@@ -311,7 +311,7 @@ def print_table(label: str, ours: dict, theirs: dict) -> None:
 
 
 def main() -> None:
-    from _stages import PRECISION_MODES, parse_precision_modes, start_report
+    from _stages import PRECISION_MODES, add_report_arguments, parse_precision_modes, start_report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="tiny,small", help="comma-separated presets of build_tiny_model")
@@ -330,12 +330,7 @@ def main() -> None:
                              "cuts activation memory at the same math (exact gradient accumulation)")
     parser.add_argument("--trl-no-gradient-checkpointing", action="store_true",
                         help="turn off TRL's gradient checkpointing (GRPOConfig's default is on)")
-    parser.add_argument("--precision", default="fp32",
-                        help="comma-separated modes: fp32 (posttrain precision=fp32 vs TRL bf16=False), bf16-mixed "
-                             "(precision=bf16-mixed vs bf16=True), recommended (precision=auto vs TRL's default, "
-                             "bf16=True); both = fp32,bf16-mixed; all = all three")
-    parser.add_argument("--peak-sizes", default="1024,1536,2048", help="matrix sizes of the matmul-peak measurement")
-    parser.add_argument("--json", type=Path, default=None, help="also write every figure (and per-step lists) here")
+    add_report_arguments(parser)
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.prompts_per_step < 1 or args.samples < 2:
         parser.error("need --steps >= 1, --warmup >= 0, --prompts-per-step >= 1 and --samples >= 2")
