@@ -104,7 +104,7 @@ def train(cfg: PivotRLConfig) -> dict:
     spec = environment_spec(cfg.env)
     verifier_name = cfg.pivot.reward or spec.action_reward
     warn = warn_to(run)
-    check_sandbox(cfg, [verifier_name, cfg.eval.reward or ""])
+    check_sandbox(cfg.reward.sandbox.require, [verifier_name, cfg.eval.reward or ""])
     with run, RewardRunner({verifier_name: resolve_reward(verifier_name)}, on_error=cfg.reward.on_error,
                            timeout_s=cfg.reward.timeout_s, warn=warn) as verifier, \
             rl_eval_reward_runner(cfg, warn=warn) as task_success:

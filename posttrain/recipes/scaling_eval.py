@@ -116,17 +116,6 @@ def answer_extractor(reward: str) -> tuple[Callable[[str], Optional[Hashable]], 
     return (lambda text: text.strip() or None), None
 
 
-def check_sandbox(reward: str, required: list[str]) -> None:
-    """Refuse to evaluate a sandboxed reward (code) where the sandbox lacks a `required` level; warn
-    once about missing levels otherwise, before any completion is generated."""
-    from posttrain.recipes.rl.rewards import SANDBOXED_REWARDS
-
-    if required or reward in SANDBOXED_REWARDS:
-        from posttrain.verifiers.sandbox import require_protections  # probes with a subprocess: only when needed
-
-        require_protections(required, key="sandbox_require")
-
-
 # -- the samples file --------------------------------------------------------------------------
 
 def _settings(cfg: ScalingEvalConfig) -> dict:
@@ -310,7 +299,8 @@ def run_eval(cfg: ScalingEvalConfig) -> dict:
     from posttrain.evaluation import eval_reward_runner, score_report
     from posttrain.models.build import load_model_and_tokenizer
     from posttrain.recipes.prompt_data import load_prompt_sets
-    from posttrain.training.precision import resolve_precision
+    from posttrain.recipes.rl.rewards import check_sandbox
+    from posttrain.training.precision import recipe_precision
 
     cfg.validate()
     others = earlier_results(cfg.compare_with)  # before any generation: a wrong path fails at once
@@ -321,11 +311,11 @@ def run_eval(cfg: ScalingEvalConfig) -> dict:
         samples_path.unlink()
     settings = _settings(cfg)
     records = read_samples(samples_path, settings)
-    check_sandbox(cfg.reward, cfg.sandbox_require)  # before the model loads: a refusal costs nothing
+    # Before the model loads: a refusal costs nothing. The trainers' check, under this command's key.
+    check_sandbox(cfg.sandbox_require, [cfg.reward], key="sandbox_require")
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     model.eval()
-    precision = resolve_precision(cfg.precision, next(model.parameters()).device,
-                                  weights_dtype=next(model.parameters()).dtype)
+    precision = recipe_precision(cfg)  # the trainers' resolution, from model.device and model.dtype
     print(f"posttrain eval: {precision.describe()}")
     engine = build_engine(cfg.engine, model, tokenizer, precision=precision)
     # Only the held-out rows are scored, so only they are checked against the reward (training rows of

@@ -210,6 +210,6 @@ def test_sandbox_requirement_is_read_from_the_config_and_checked_at_start(monkey
         load_config(RLConfig, None, ["reward.sandbox.require=[filesytem]"])
     monkeypatch.setattr(sandbox_module, "_probed", ("new_session", "rlimits", "net_namespace"))
     with pytest.raises(SandboxUnavailable, match="filesystem"):
-        check_sandbox(cfg, cfg.reward.functions)
+        check_sandbox(cfg.reward.sandbox.require, cfg.reward.functions)
     monkeypatch.setattr(sandbox_module, "_probed", ("landlock_fs", "net_namespace", "pid_namespace"))
-    check_sandbox(cfg, cfg.reward.functions)  # provided: the run starts
+    check_sandbox(cfg.reward.sandbox.require, cfg.reward.functions)  # provided: the run starts

@@ -17,14 +17,13 @@ from posttrain.verifiers.combine import RewardRunner
 SANDBOXED_REWARDS = ("code",)
 
 
-def check_sandbox(cfg, names) -> None:
-    """Refuse to start when the code sandbox lacks a level `reward.sandbox.require` names; warn
+def check_sandbox(required, names, key: str = "reward.sandbox.require") -> None:
+    """Refuse to start when the code sandbox lacks a level of `required` (the setting `key`); warn
     once about missing levels when a sandboxed reward is in use (`names`)."""
-    required = cfg.reward.sandbox.require
     if required or any(name in SANDBOXED_REWARDS for name in names):
         from posttrain.verifiers.sandbox import require_protections  # probes with a subprocess: only when needed
 
-        require_protections(required)
+        require_protections(required, key=key)
 
 
 @contextlib.contextmanager
@@ -35,7 +34,7 @@ def reward_runners(cfg, run: Run) -> Iterator[tuple[RewardRunner, RewardRunner]]
     names = cfg.reward.functions
     weights = dict(zip(names, cfg.reward.weights)) if cfg.reward.weights else None
     warn = warn_to(run)
-    check_sandbox(cfg, [*names, cfg.eval.reward or ""])
+    check_sandbox(cfg.reward.sandbox.require, [*names, cfg.eval.reward or ""])
     with RewardRunner({name: resolve_reward(name) for name in names}, weights, on_error=cfg.reward.on_error,
                       timeout_s=cfg.reward.timeout_s, warn=warn) as training:
         with rl_eval_reward_runner(cfg, warn=warn, share=training) as evaluation:
