@@ -2,9 +2,10 @@
 
 `hf` (the default) samples from the module being trained, in this process; `ray` samples with
 `rollout.workers` HF engines in Ray actors, each on its own copy of the policy
-(`engines/ray_engine.py`, imported only when chosen). Later names (`vllm`) plug in here; any
-`package.module:function` taking `(model, tokenizer)` and returning an `Engine` works too, so a
-user can bring their own without touching a recipe.
+(`engines/ray_engine.py`, imported only when chosen); `vllm` samples with vLLM on the GPU from a
+copy kept in sync after each update (`engines/vllm_engine.py`, imported only when chosen; it needs
+CUDA and the `posttrain[gpu]` extra). Any `package.module:function` taking `(model, tokenizer)`
+and returning an `Engine` works too, so a user can bring their own without touching a recipe.
 
 A factory that also takes a `precision` keyword gets the run's resolved precision
 (`training/precision.py`) and should sample under it, as `hf` does, so that its log-probs are
@@ -38,7 +39,13 @@ def _ray_engine(model: nn.Module, tokenizer: Any, *, precision=None, workers: in
     return RayEngine(model, tokenizer, workers=workers, timeout_s=timeout_s, precision=precision)
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {"hf": _hf_engine, "ray": _ray_engine}
+def _vllm_engine(model: nn.Module, tokenizer: Any, *, precision=None) -> Engine:
+    from posttrain.engines.vllm_engine import VLLMEngine
+
+    return VLLMEngine(model, tokenizer, precision=precision)  # bf16 under bf16-mixed, else the model's dtype
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"hf": _hf_engine, "ray": _ray_engine, "vllm": _vllm_engine}
 
 
 def build_engine(name: str, model: nn.Module, tokenizer: Any, *, precision=None, workers: int = 1,

@@ -143,7 +143,7 @@ def test_single_turn_round_counts_prefill_and_sampled_tokens_in_the_ledger():
 # ----------------------------------------------------------------------------- engine factory
 
 def test_the_engine_factory_names_its_engines():
-    with pytest.raises(ValueError, match="unknown rollout engine 'vllm2'.*valid names: \\['hf', 'ray'\\]"):
+    with pytest.raises(ValueError, match="unknown rollout engine 'vllm2'.*valid names: \\['hf', 'ray', 'vllm'\\]"):
         build_engine("vllm2", torch.nn.Linear(1, 1), None)
 
 

@@ -56,10 +56,12 @@ class AlgorithmConfig:
 @dataclasses.dataclass
 class RolloutConfig:
     # What samples the rollouts: `hf` (in-process, the trained module itself), `ray` (`workers` HF
-    # engines in Ray actors, each on a copy of the policy; engines/ray_engine.py) or an import path
+    # engines in Ray actors, each on a copy of the policy; engines/ray_engine.py), `vllm` (a vLLM
+    # engine on the GPU, weights pushed after each update; engines/vllm_engine.py) or an import path
     # `package.module:function` taking (model, tokenizer) and returning an Engine (engines/factory.py).
     engine: str = "hf"
-    # Engine replicas (`ray`); whole prompts with all their samples go to one replica.
+    # Engine replicas (`ray`) over all ranks (a multiple of the world size: each rank owns
+    # workers / N of them); whole prompts with all their samples go to one replica.
     workers: int = 1
     # Seconds any call to a remote worker may take before it counts as hung (restarted once, then an error).
     worker_timeout_s: float = 300.0
@@ -74,6 +76,18 @@ class RolloutConfig:
     # Rollouts of each logged step kept as text in the run's rollouts.jsonl (prompt, completion,
     # reward, group; the first ones of the step's first round), for `posttrain report`. 0 = none.
     log_samples: int = 4
+    # Correction for the sampler–trainer mismatch of an engine that does not share the trainer's
+    # weights (`vllm`, `ray`; posttrain/algorithms/mismatch.py): `token` or `sequence` importance
+    # weights π_trainer / π_sampler on the policy loss (truncated importance sampling, Yao et al.
+    # 2025; verl's `rollout_is`), or `none`. When on, the old log-probs of the update are the
+    # trainer's own, recomputed once per batch, and the sampler's enter only the weights; logged as
+    # train/is_weight_mean and train/is_truncated_fraction. Not with `hf` (no mismatch to correct)
+    # nor the critic loop (ppo).
+    importance_correction: Literal["none", "token", "sequence"] = "none"
+    # The cap C on the weights (>= 1; verl's and TRL's default is 2).
+    importance_cap: float = 2.0
+    # `truncate`: min(ρ, C) (TIS); `mask`: ρ where ρ <= C, 0 above (MIS: outlier tokens or sequences dropped).
+    importance_mode: Literal["truncate", "mask"] = "truncate"
 
 
 SANDBOX_LEVELS = ("filesystem", "network", "processes")  # posttrain.verifiers.sandbox.LEVELS
@@ -200,7 +214,8 @@ class RLConfig:
 
     def check_world_size(self, world: int) -> None:
         """What `world` data-parallel ranks need: whole prompts per rank, micro-batches that divide
-        each rank's sequences, and a loop that runs on several ranks (the critic-free one)."""
+        each rank's sequences, a loop that runs on several ranks (the critic-free one), and Ray
+        workers that split evenly over the ranks."""
         r = self.rollout
         sequences = r.prompts_per_step * r.samples_per_prompt
         if world == 1:
@@ -218,8 +233,24 @@ class RLConfig:
                 f"samples = {per_rank} sequences, which must be a multiple of micro_batch_size ({self.micro_batch_size})")
         require(not self.needs_critic(), f"algorithm {self.algorithm.name!r} (a critic) runs in one process for now: "
                 "distributed.world_size > 1 supports the critic-free loop (grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo)")
-        require(r.engine != "ray", "rollout.engine=ray starts its own workers; use it with distributed.world_size=1 "
-                "(each rank samples with its own engine)")
+        require(r.engine != "ray" or r.workers % world == 0,
+                f"rollout.engine=ray on {world} ranks: rollout.workers ({r.workers}) must be a multiple of the world "
+                f"size ({world}); each rank samples its prompts with rollout.workers / {world} Ray workers of its own")
+
+    def check_importance_correction(self) -> None:
+        """`rollout.importance_*`: a cap >= 1, and a correction only where there is a mismatch to correct."""
+        r = self.rollout
+        require(not isinstance(r.importance_cap, bool) and isinstance(r.importance_cap, (int, float))
+                and 1 <= r.importance_cap < 1e8, f"rollout.importance_cap must be a number >= 1 (a cap below 1 "
+                f"would shrink even tokens where sampler and trainer agree), got {r.importance_cap!r}")
+        if r.importance_correction == "none":
+            return
+        require(r.engine != "hf", f"rollout.importance_correction={r.importance_correction} corrects the gap "
+                "between a separate sampler and the trainer, but rollout.engine=hf samples from the trained module "
+                "itself (there is no gap): set rollout.importance_correction=none, or use rollout.engine=vllm or ray")
+        require(not self.needs_critic(), f"rollout.importance_correction={r.importance_correction} is implemented by "
+                f"the critic-free loop (grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo), not by {self.algorithm.name!r} "
+                "(a critic): set rollout.importance_correction=none")
 
     def needs_critic(self) -> bool:
         """True when the algorithm's advantage needs a value model (ppo): `rl.train` then runs `recipes/rl/ppo.py`."""
@@ -280,6 +311,7 @@ class RLConfig:
         require(algo.loss_normaliser is None or isinstance(algo.loss_normaliser, float)
                 or algo.loss_normaliser == "max_new_tokens",
                 f"algorithm.loss_normaliser must be a number or 'max_new_tokens', got {algo.loss_normaliser!r}")
+        self.check_importance_correction()
         from posttrain.training.distributed import world_size  # the launcher's (torchrun) or distributed.world_size
 
         self.check_world_size(world_size(self.distributed))
