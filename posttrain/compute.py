@@ -138,6 +138,23 @@ class ComputeLedger:
         out["compute/total/flops"] = sum(e["flops"] for e in self._stages.values())
         return out
 
+    @classmethod
+    def merged(cls, states: list[dict[str, Any]]) -> "ComputeLedger":
+        """One ledger for several ranks' ``state_dict()`` snapshots (data parallel): per stage the
+        tokens and FLOPs summed (Python ints: exact) and the seconds the slowest rank's, since the
+        ranks run a stage side by side and its wall-clock is the longest of theirs. Stages keep
+        the order in which the ranks (rank 0 first) first used them."""
+        out = cls()
+        for state in states:
+            part = cls()
+            part.load_state_dict(state)
+            for stage, entry in part._stages.items():
+                total = out._stage(stage)
+                total["tokens"] += entry["tokens"]
+                total["flops"] += entry["flops"]
+                total["seconds"] = max(total["seconds"], entry["seconds"])
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable snapshot of all totals."""
         return {"stages": {stage: dict(entry) for stage, entry in self._stages.items()}}

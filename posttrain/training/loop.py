@@ -88,11 +88,17 @@ class TrainingLoop:
             steps and at the end, timed as the ledger's "eval" stage and logged.
         extra_state: recipe state (JSON-serialisable) saved with each checkpoint, e.g. PPO's
             adaptive KL coefficient; `resume(on_state=...)` gets it back.
+        ranks: the data-parallel ranks (`training.distributed.Ranks`; default: one process).
+            Each rank's ledger counts its own share; what is logged, checkpointed and summarised
+            is the run's over every rank (`ComputeLedger.merged`: tokens and FLOPs summed, a
+            stage's seconds the slowest rank's). A checkpoint holds those run totals, so on
+            resume rank 0 takes them and the other ranks start their shares from zero.
     """
 
     def __init__(self, run: Run, run_cfg: RunConfig, steps: int, *, model: torch.nn.Module, optimizer, scheduler,
                  ledger: ComputeLedger, tokenizer, evaluate: Callable[[], dict],
-                 extra_state: Callable[[], dict] | None = None) -> None:
+                 extra_state: Callable[[], dict] | None = None, ranks: Ranks | None = None) -> None:
+
         self.run = run
         self.run_cfg = run_cfg
         self.steps = steps
@@ -103,6 +109,7 @@ class TrainingLoop:
         self.tokenizer = tokenizer
         self._evaluate_fn = evaluate
         self._extra_state = extra_state
+        self.ranks = ranks if ranks is not None else Ranks()
         self.start_step = 0
         self.first_eval: dict = {}
         self.final_eval: dict = {}
@@ -117,7 +124,8 @@ class TrainingLoop:
             return 0
         state = load_checkpoint(self.run.resume_checkpoint, model=self.model, optimizer=self.optimizer,
                                 scheduler=self.scheduler)
-        self.ledger.load_state_dict(state["ledger"])
+        if self.ranks.is_main:  # the checkpoint's totals are every rank's: held once, by rank 0
+            self.ledger.load_state_dict(state["ledger"])
         if on_state is not None:
             on_state(state)
         self.run.print(f"resumed from {self.run.resume_checkpoint} at step {state['step']}")
@@ -147,7 +155,7 @@ class TrainingLoop:
             for step in range(self.start_step, self.steps):
                 done = step + 1
                 metrics = train_step(step)
-                metrics.update(self.ledger.metrics())
+                metrics.update(self.run_ledger().metrics())
                 if logged_step(done, cfg.log_every, self.steps):
                     self.run.log(done, metrics)
                 bar.advance(**postfix(metrics))
@@ -157,13 +165,21 @@ class TrainingLoop:
                     self._save_checkpoint(done)
         self.final_eval = self.evaluate(self.steps)
 
+    def run_ledger(self) -> ComputeLedger:
+        """The compute of the whole run so far: this process's ledger, or with several ranks the
+        merge of theirs (a collective: every rank calls it at the same points)."""
+        if not self.ranks.distributed:
+            return self.ledger
+        return ComputeLedger.merged(self.ranks.gather(self.ledger.state_dict()))
+
     def _save_checkpoint(self, step: int) -> None:
+        ledger = self.run_ledger()  # before the rank check: every rank joins the gather
         if not self.run.is_main:
             return
         extra = self._extra_state() if self._extra_state is not None else {}
         save_checkpoint(self.run.dir, step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                         tokenizer=self.tokenizer, keep_last=self.run_cfg.keep_last,
-                        trainer_state={**extra, "step": step, "ledger": self.ledger.state_dict(),
+                        trainer_state={**extra, "step": step, "ledger": ledger.state_dict(),
                                        "first_eval": self.first_eval})
 
     def finish(self, summary: dict, *, model: torch.nn.Module, plot_keys: list[str], plot_name: str, title: str,
@@ -173,6 +189,7 @@ class TrainingLoop:
         recipe's fields plus the model and plot paths, seconds, every before/after evaluation
         figure, the ledger and a line per reward runner that saw failures (`reward_errors`,
         also printed) — print the ledger, and return the summary."""
+        ledger = self.run_ledger()  # before the rank check: every rank joins the gather
         if not self.run.is_main:  # data parallel: rank 0 saves and summarises
             return dict(summary)
         errors = [line for runner in reward_runners if runner is not None and (line := runner.summary())]
@@ -185,11 +202,11 @@ class TrainingLoop:
             "seconds": round(time.time() - self.run.started, 2),
             **{f"before/{k}": v for k, v in self.first_eval.items()},
             **{f"after/{k}": v for k, v in self.final_eval.items()},
-            **self.ledger.metrics(),
+            **ledger.metrics(),
             **({"reward_errors": errors} if errors else {}),
         }
         self.run.write_summary(summary)
-        self.run.console.print(self.ledger.table())
+        self.run.console.print(ledger.table())
         for line in errors:
             self.run.console.print(line, markup=False, style="yellow")
         return summary

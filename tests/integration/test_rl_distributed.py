@@ -47,7 +47,8 @@ from posttrain.recipes.rl.batch import RolloutBatch, TokenSequence, build_batch
 from posttrain.training.distributed import Ranks
 from posttrain.training.modes import train_mode
 
-pytestmark = pytest.mark.integration
+# Starts processes of its own (Ray workers or training ranks): one xdist worker runs all such files (Makefile).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("processes")]
 
 HERE = Path(__file__).parent
 # Seconds a 2-rank run of a few steps may take on a loaded 2-core machine (~30 s measured,
@@ -55,7 +56,11 @@ HERE = Path(__file__).parent
 TIMEOUT_S = 240
 
 COMPARED = ("train/loss", "train/grad_norm", "kl/mean", "entropy/mean", "train/clip_fraction", "train/ratio_mean")
-EXACT = ("reward/mean", "response/length_mean", "groups/sampled", "groups/kept", "train/update_skipped")
+EXACT = ("reward/mean", "response/length_mean", "groups/sampled", "groups/kept", "train/update_skipped",
+         # The compute ledger is the run's over every rank (each rank counts its share; the loop
+         # merges them), so its token and FLOP counts are the single process's to the token.
+         "compute/rollout/tokens", "compute/reference/tokens", "compute/update/tokens", "compute/eval/tokens",
+         "compute/total/flops")
 
 
 def overrides(tmp_path, name, *extra):

@@ -144,3 +144,27 @@ def test_table_lists_stages_and_total():
     assert "rollout" in text and "update" in text and "total" in text
     assert "25.0%" in text and "75.0%" in text
     assert "8.000e+04" in text  # total FLOPs
+
+
+def test_merged_sums_ranks_tokens_and_flops_and_keeps_the_slowest_seconds():
+    """Two ranks' ledgers (data parallel): by hand, rollout 10 + 30 tokens at 1e3 params is
+    2·1e3·40 = 80,000 FLOPs; update 5 + 7 backward tokens is 6·1e3·12 = 72,000; seconds the max;
+    a stage only rank 1 used ("eval") comes after rank 0's."""
+    a, b = ComputeLedger(), ComputeLedger()
+    a.record("rollout", tokens=10, params=1000)
+    a.record("update", tokens=5, params=1000, backward=True)
+    a.add_seconds("rollout", 2.0)
+    b.record("rollout", tokens=30, params=1000)
+    b.record("update", tokens=7, params=1000, backward=True)
+    b.add_seconds("rollout", 3.5)
+    b.record("eval", tokens=4, params=1000)
+    merged = ComputeLedger.merged([a.state_dict(), b.state_dict()])
+    assert merged.stages == ["rollout", "update", "eval"]
+    m = merged.metrics()
+    assert (m["compute/rollout/tokens"], m["compute/rollout/flops"], m["compute/rollout/seconds"]) == (40, 80_000, 3.5)
+    assert (m["compute/update/tokens"], m["compute/update/flops"]) == (12, 72_000)
+    assert m["compute/rollout/tokens_per_s"] == pytest.approx(40 / 3.5)
+    assert (m["compute/total/tokens"], m["compute/total/flops"]) == (56, 80_000 + 72_000 + 8_000)
+    # One rank: the ledger itself; the inputs are untouched.
+    assert ComputeLedger.merged([a.state_dict()]).metrics() == a.metrics()
+    assert a.metrics()["compute/rollout/tokens"] == 10

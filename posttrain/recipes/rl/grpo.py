@@ -14,7 +14,10 @@ Old log-probs: when the engine samples from the trained module itself (`engine.s
 the trainer's own log-probs are the old ones — recomputed once when a batch gets several
 updates, the detached current ones when it gets one. A separate engine (another process, vLLM)
 computes them with other kernels, so its sampler log-probs are the old log-probs and the
-sampler–trainer gap is its health check. The gap is logged every step either way.
+sampler–trainer gap is its health check. The gap is logged every step either way. With
+`rollout.importance_correction` on, a separate engine's batch gets the trainer's own old
+log-probs too and the sampler's enter only the capped importance weights on the loss
+(truncated or masked importance sampling, `algorithms/mismatch.py`).
 
 Data parallel (`distributed.world_size: N`, or torchrun): every rank runs this loop on its share
 of each step's prompts (whole groups), the loss normalisers are the step's global counts, and
@@ -32,6 +35,7 @@ import torch
 from posttrain.algorithms.aggregation import LossCounts, aggregate, loss_counts
 from posttrain.algorithms.kl import kl_estimate
 from posttrain.algorithms.masked import masked_mean
+from posttrain.algorithms.mismatch import importance_weights
 from posttrain.algorithms.registry import AdvantageInputs, get_advantage_estimator, get_policy_loss
 from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.engines.factory import build_engine
@@ -98,7 +102,7 @@ def train(cfg: RLConfig) -> dict:
             return metrics
 
         loop = TrainingLoop(run, cfg.run, cfg.steps, model=model, optimizer=optimizer, scheduler=scheduler,
-                            ledger=ledger, tokenizer=tokenizer, evaluate=evaluate)
+                            ledger=ledger, tokenizer=tokenizer, evaluate=evaluate, ranks=ranks)
         loop.resume()
         engine.load_weights(model)  # a resumed run samples from the restored weights
         loop.train(rl_step, description=f"rl ({cfg.algorithm.name})",
@@ -127,8 +131,12 @@ def load_policy(cfg: RLConfig, algo):
 def old_logprobs(model, engine, batch: RolloutBatch, cfg: RLConfig) -> tuple[torch.Tensor | None, bool]:
     """The log-probs the importance ratio divides by, or None: "the current ones, detached"
     (one update per batch from an engine sharing the trainer's weights — see the module docstring);
-    and whether a forward pass computed them (for the compute ledger)."""
+    and whether a forward pass computed them (for the compute ledger). With
+    `rollout.importance_correction` on, a separate engine's batch gets the trainer's own too: the
+    sampler's log-probs then enter only the correction weights (`train_on_batch`)."""
     if not engine.shares_weights(model):
+        if cfg.rollout.importance_correction != "none":
+            return batch_logprobs(model, batch, cfg.rollout.temperature, cfg.micro_batch_size), True
         return batch.sampler_logprobs, False
     if cfg.updates_per_batch > 1:
         return batch_logprobs(model, batch, cfg.rollout.temperature, cfg.micro_batch_size), True
@@ -175,6 +183,12 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
     may be empty: it then joins each update's gradient all-reduce with a zero-weight backward.
     The metrics are the step's on every rank (the update's sums are all-reduced).
 
+    Sampler–trainer mismatch (`rollout.importance_correction`, an engine that does not share the
+    weights): the old log-probs are the trainer's (`old_logprobs`), and each token's policy loss is
+    multiplied by the detached weight f(π_old / π_sampler) of `algorithms/mismatch.py` before
+    aggregation (the KL term is not weighted); the weights' token mean and the fraction over the
+    cap are logged as train/is_weight_mean and train/is_truncated_fraction.
+
     Forward passes run under the run's precision (`precision.autocast()`); the log-probs they
     return, and so the ratio, KL, advantages and loss, are float32 either way."""
     T = cfg.rollout.temperature
@@ -190,12 +204,17 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
     policy_loss = get_policy_loss(algo.policy_loss)
     normaliser = float(cfg.rollout.max_new_tokens) if algo.loss_normaliser == "max_new_tokens" else algo.loss_normaliser
     global_tokens, global_sequences = counts.tokens, counts.sequences
+    r = cfg.rollout
+    # Decided by config and engine alone, so that every rank (an empty share too) sums the same keys.
+    correct = r.importance_correction != "none" and not engine.shares_weights(model)
     metrics: dict = {}
     gap = 0.0
     starts = range(0, batch.size, cfg.micro_batch_size)
     for update in range(cfg.updates_per_batch):
         with ledger.timed("update"):
             sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip": 0.0, "ratio": 0.0}
+            if correct:
+                sums.update(is_weight=0.0, is_truncated=0.0)
             for start in starts:
                 rows = slice(start, start + cfg.micro_batch_size)
                 # Data parallel: the update's last micro-batch all-reduces the accumulated gradients.
@@ -210,7 +229,15 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
                     old = old_logp[rows].to(logp.device) if old_logp is not None else logp.detach()
                     out = policy_loss(logp, old, advantages[rows].to(logp.device), m, eps_low=algo.eps_low,
                                       eps_high=algo.eps_high, dual_clip=algo.dual_clip)
-                    loss = aggregate(out.loss, m, algo.aggregation, global_tokens=global_tokens,
+                    per_token = out.loss
+                    if correct:  # the old log-probs are the trainer's: weigh by π_old / π_sampler, capped
+                        tis = importance_weights(old, batch.sampler_logprobs[rows].to(logp.device), m,
+                                                 level=r.importance_correction, cap=r.importance_cap,
+                                                 mode=r.importance_mode)
+                        per_token = per_token * tis.weights
+                        sums["is_weight"] += float(tis.mean) * share
+                        sums["is_truncated"] += float(tis.truncated_fraction) * share
+                    loss = aggregate(per_token, m, algo.aggregation, global_tokens=global_tokens,
                                      global_sequences=global_sequences, constant_normaliser=normaliser)
                     if ref_logp is not None:
                         kl = kl_estimate(logp, ref_logp[rows].to(logp.device), algo.kl_estimator)
@@ -237,6 +264,9 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
                    "train/ratio_mean": sums["ratio"]}
         if reference is not None:  # no reference, no KL: a logged 0 would read as "the policy never moved"
             metrics["kl/mean"] = sums["kl"]
+        if correct:
+            metrics["train/is_weight_mean"] = sums["is_weight"]
+            metrics["train/is_truncated_fraction"] = sums["is_truncated"]
     # The mean |sampler − trainer| log-prob over the step's model tokens (every rank's share of it).
     metrics["train/sampler_logprob_gap"] = ranks.sum([gap])[0]
     return metrics
