@@ -27,13 +27,38 @@ itself (bad input) is not a fault of the worker and is raised as is.
 Ray: when Ray is not yet initialised, the engine connects to the cluster at ``RAY_ADDRESS`` when
 that is set (posttrain must be installed there) and otherwise starts a small local Ray
 (``num_cpus=workers``, no dashboard, worker logs not forwarded, namespace ``posttrain``), which
-``close()`` shuts down again. Workers sample on CPU, one CPU each (GPU placement is future work).
+``close()`` shuts down again. Workers sample on CPU, one CPU each, wherever Ray has room; each
+worker reports the Ray node it runs on (``node_ids``, ``last_stats["nodes"]``).
+
+Several training ranks (``distributed.world_size`` > 1, or torchrun): ``workers`` is the run's
+total (``rollout.workers``) and must be a multiple of the world size N; each rank's engine owns
+``workers / N`` actors of its own (anonymous actors, so no names to collide), samples the rank's
+own shard of the prompts through them, and pushes the rank's weights (the same on every rank:
+DDP) to them after each update. Worker ``i`` of a rank whose round seed is ``s`` samples with
+``s + i·N``: ``Ranks.seed`` made ``s`` = base·N + rank, so no two workers of a round share a seed
+(``s + i`` at N = 1, as above). All ranks share one Ray: rank 0 connects or starts it as above and
+posts its GCS address in the process group's key-value store (``Ranks.share``: not a collective,
+so it works inside ``Ranks.main_first``), and every other rank connects to that address — a rank
+on another node needs that node in the Ray cluster (``ray start --address``), since a Ray driver
+talks to its own node's raylet. At ``close()`` the other ranks disconnect first and rank 0
+shuts down the Ray it started only after they have (``Ranks.main_last``, at most ``timeout_s``).
+
+The worker's engine: ``worker_engine`` names the engine each actor samples with, by the same
+lookup as ``rollout.engine`` (``engines/factory.py``): ``hf`` (the default) or an import path
+``package.module:function`` taking ``(model, tokenizer)`` (and ``precision`` when it takes it),
+importable on every Ray node. Tests plug in an engine whose completions do not depend on which
+worker or rank samples a prompt (``tests/integration/rl_ranks.py``).
+
+Not yet: GPU placement of the workers, placement groups (Ray places each actor where a CPU is
+free), one ``ray.put`` of the weights for all ranks (each rank puts its own, identical, copy).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
+import json
 import os
 import time
 import warnings
@@ -43,6 +68,7 @@ import torch
 from torch import nn
 
 from posttrain.engines.base import Completion, SamplingParams, validate_prompt_ids
+from posttrain.training.distributed import Ranks
 
 try:
     import ray
@@ -53,27 +79,41 @@ except ImportError as err:  # pragma: no cover - exercised only without ray inst
 __all__ = ["RayEngine", "split_contiguous"]
 
 NAMESPACE = "posttrain"
+AUTH_MODE = "RAY_AUTH_MODE"  # Ray's token authentication switch (an environment variable)
+_engines_made = itertools.count()  # the n-th engine of this process: its keys in the ranks' store
 
 
 class _Worker:
-    """One engine replica: an HFEngine over its own copy of the policy (runs inside a Ray actor)."""
+    """One engine replica: an HFEngine (or the ``worker_engine``) over its own copy of the policy
+    (runs inside a Ray actor)."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, precision, max_batch_size: int, index: int) -> None:
-        from posttrain.engines.hf import HFEngine
-
+    def __init__(self, model: nn.Module, tokenizer: Any, precision, max_batch_size: int, index: int,
+                 engine: str = "hf") -> None:
         torch.set_num_threads(1)
         self.index = index
         self.version = 0
-        self.engine = HFEngine(model, tokenizer, max_batch_size=max_batch_size, precision=precision)
+        self.node_id = ray.get_runtime_context().get_node_id()
+        if engine == "hf":
+            from posttrain.engines.hf import HFEngine
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> tuple[list[list[Completion]], dict, int]:
+            self.engine = HFEngine(model, tokenizer, max_batch_size=max_batch_size, precision=precision)
+        else:
+            from posttrain.engines.factory import build_engine
+
+            self.engine = build_engine(engine, model, tokenizer, precision=precision)
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams
+                 ) -> tuple[list[list[Completion]], dict, int, str]:
         out = self.engine.generate(prompts, sampling)
-        return out, self.engine.last_stats, self.version
+        return out, dict(getattr(self.engine, "last_stats", {})), self.version, self.node_id
 
     def load_weights(self, state: Mapping[str, torch.Tensor], version: int) -> int:
         self.engine.load_weights(state)
         self.version = version
         return version
+
+    def node(self) -> str:
+        return self.node_id
 
     def pid(self) -> int:
         return os.getpid()
@@ -99,48 +139,51 @@ class RayEngine:
         model: the policy; each worker gets a copy as it is now (its later weights come through
             ``load_weights``). It is serialised once, on CPU.
         tokenizer: decodes completions (copied to every worker).
-        workers: number of replicas, >= 1.
+        workers: number of replicas over all ranks (``rollout.workers``), >= 1 and a multiple of
+            the world size; this rank's engine owns ``workers / world_size`` of them.
         timeout_s: seconds any remote call (construction, generate, load_weights) may take.
         precision: the run's resolved ``Precision``, under which every worker samples.
         max_batch_size: each worker's HFEngine batch size.
+        worker_engine: the engine inside each worker: ``hf`` or an import path (module docstring).
 
     Attributes:
         last_stats: after each ``generate``: ``prompt_tokens`` and ``generated_tokens`` summed over
             the workers, ``seconds`` (wall clock, as the driver waited), ``weight_version``,
-            ``workers`` used and ``restarts`` during the call.
+            ``workers`` used, ``restarts`` during the call and ``nodes`` (distinct Ray nodes they ran on).
         version: the weight version the workers hold (0 until the first ``load_weights``).
+        node_ids: the Ray node id of each of this rank's workers (updated when one is replaced).
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, workers: int = 1, timeout_s: float = 300.0,
-                 precision=None, max_batch_size: int = 256) -> None:
+                 precision=None, max_batch_size: int = 256, worker_engine: str = "hf") -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"RayEngine: workers (rollout.workers) must be an int >= 1, got {workers!r}")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
             raise ValueError(f"RayEngine: timeout_s (rollout.worker_timeout_s) must be > 0, got {timeout_s!r}")
-        self.workers, self.timeout_s = workers, float(timeout_s)
-        self.precision, self.max_batch_size = precision, max_batch_size
+        self.ranks = Ranks.current()
+        if workers % self.ranks.world_size:
+            raise ValueError(f"RayEngine: workers (rollout.workers={workers}) must be a multiple of the world "
+                             f"size ({self.ranks.world_size}): each rank owns rollout.workers / world size of them")
+        _check_worker_engine(worker_engine)
+        self.workers, self.timeout_s = workers // self.ranks.world_size, float(timeout_s)
+        self.precision, self.max_batch_size, self.worker_engine = precision, max_batch_size, worker_engine
         self.vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         self.version = 0
         self.last_stats: dict[str, float] = {"prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0,
                                              "weight_version": 0}
         self._closed = False
-        self._started_ray = False
-        if not ray.is_initialized():
-            if os.environ.get("RAY_ADDRESS"):
-                ray.init(address=os.environ["RAY_ADDRESS"], namespace=NAMESPACE, log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
-            self._started_ray = True
+        self._key = f"posttrain/ray-engine-{next(_engines_made)}"
+        self._connected = _connect(self.ranks, self._key, num_cpus=workers)  # this engine called ray.init
         self._actor_class = ray.remote(num_cpus=1, max_restarts=0)(_Worker)
         self._model_ref = ray.put(_cpu_copy(model))
         self._tokenizer_ref = ray.put(tokenizer)
         self._weights_ref = None  # the latest state dict in the object store (None: the initial model)
-        self._actors = [self._new_actor(i) for i in range(workers)]
+        self._actors = [self._new_actor(i) for i in range(self.workers)]
         try:
-            ray.get([actor.pid.remote() for actor in self._actors], timeout=self.timeout_s)
+            self.node_ids = ray.get([actor.node.remote() for actor in self._actors], timeout=self.timeout_s)
         except (GetTimeoutError, RayActorError) as err:
-            self.close()
-            raise RuntimeError(f"RayEngine: the {workers} worker(s) did not start within "
+            self._release()  # no waiting for the other ranks: they may never build theirs
+            raise RuntimeError(f"RayEngine: the {self.workers} worker(s) did not start within "
                                f"{self.timeout_s:g} s (rollout.worker_timeout_s): {err}") from err
 
     # ------------------------------------------------------------------ protocol
@@ -154,7 +197,7 @@ class RayEngine:
         prompts = validate_prompt_ids(prompt_ids, self.vocab_size)
         seed = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
         ranges = split_contiguous(len(prompts), self.workers)
-        params = [_with_seed(sampling, seed + i) for i in range(len(ranges))]
+        params = [_with_seed(sampling, seed + i * self.ranks.world_size) for i in range(len(ranges))]
         start = time.perf_counter()
         deadline = time.monotonic() + self.timeout_s
         pending = [self._actors[i].generate.remote(prompts[lo:hi], params[i]) for i, (lo, hi) in enumerate(ranges)]
@@ -163,26 +206,28 @@ class RayEngine:
         restarts = 0
         for i, ((lo, hi), ref) in enumerate(zip(ranges, pending)):
             try:
-                out, worker_stats, version = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+                out, worker_stats, version, node = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
             except (GetTimeoutError, RayActorError) as err:
                 restarts += 1
-                out, worker_stats, version = self._retry(
+                out, worker_stats, version, node = self._retry(
                     i, err, "generate", lambda actor: actor.generate.remote(prompts[lo:hi], params[i]))
             if version != self.version:
                 raise RuntimeError(f"RayEngine: worker {i} sampled with weight version {version}, "
                                    f"expected {self.version} (the weight sync failed)")
+            self.node_ids[i] = node
             for local, group in enumerate(out):
                 for completion in group:
                     completion.prompt_index = lo + local
                 results.append(group)
-            stats["prompt_tokens"] += worker_stats["prompt_tokens"]
-            stats["generated_tokens"] += worker_stats["generated_tokens"]
+            stats["prompt_tokens"] += worker_stats.get("prompt_tokens", 0)
+            stats["generated_tokens"] += worker_stats.get("generated_tokens", 0)
         self.last_stats = {**stats, "seconds": time.perf_counter() - start, "weight_version": self.version,
-                           "workers": len(ranges), "restarts": restarts}
+                           "workers": len(ranges), "restarts": restarts,
+                           "nodes": len(set(self.node_ids[:len(ranges)]))}
         return results
 
     def load_weights(self, source: nn.Module | Mapping[str, torch.Tensor]) -> None:
-        """Push ``source``'s weights to every worker through the object store (one ``ray.put``)."""
+        """Push ``source``'s weights to this rank's workers through the object store (one ``ray.put``)."""
         if self._closed:
             raise RuntimeError("RayEngine.load_weights: the engine is closed")
         if isinstance(source, nn.Module):
@@ -201,28 +246,37 @@ class RayEngine:
             try:
                 ray.get(call, timeout=max(0.0, deadline - time.monotonic()))
             except (GetTimeoutError, RayActorError) as err:
-                self._retry(i, err, "load_weights", lambda actor: actor.pid.remote())  # a restart loads them
+                self.node_ids[i] = self._retry(i, err, "load_weights", lambda actor: actor.node.remote())
 
     def shares_weights(self, model: nn.Module) -> bool:
         """Never: the workers hold copies, so the sampler's log-probs are the update's old log-probs."""
         return False
 
     def close(self) -> None:
-        """Kill the workers, and shut down the local Ray this engine started; idempotent."""
-        if self._closed:
-            return
+        """Kill this rank's workers; disconnect from the Ray this engine connected to, or shut down
+        the one it started — over several ranks rank 0 does so only after every other rank has
+        closed (at most ``timeout_s``, then with a warning); idempotent."""
+        if not self._closed:
+            self._release(wait_for_ranks=True)
+
+    def _release(self, wait_for_ranks: bool = False) -> None:
         self._closed = True
-        for actor in getattr(self, "_actors", []):
+        for actor in self._actors:
             ray.kill(actor, no_restart=True)
         self._actors = []
-        if self._started_ray:
+        if not self.ranks.is_main and self._connected:
+            ray.shutdown()  # disconnect before rank 0 may stop the cluster
+        if wait_for_ranks and not self.ranks.main_last(self._key + "/closed", self.timeout_s):
+            warnings.warn(f"RayEngine: not every rank closed its engine within {self.timeout_s:g} s "
+                          "(rollout.worker_timeout_s); shutting down Ray anyway", RuntimeWarning, stacklevel=3)
+        if self.ranks.is_main and self._connected:
             ray.shutdown()
 
     # ------------------------------------------------------------------ workers
 
     def _new_actor(self, index: int):
         actor = self._actor_class.remote(self._model_ref, self._tokenizer_ref, self.precision,
-                                         self.max_batch_size, index)
+                                         self.max_batch_size, index, self.worker_engine)
         if self._weights_ref is not None:
             actor.load_weights.remote(self._weights_ref, self.version)  # actor calls run in order
         return actor
@@ -239,6 +293,57 @@ class RayEngine:
             raise RuntimeError(f"RayEngine: worker {index} failed during {what} ({type(err).__name__}: {err}) "
                                f"and again after a restart ({type(again).__name__}: {again}); "
                                f"rollout.worker_timeout_s is {self.timeout_s:g} s") from again
+
+
+def _connect(ranks: Ranks, key: str, *, num_cpus: int) -> bool:
+    """Make this process a driver of the run's one Ray; True when this call connected it (so
+    ``close`` disconnects or, on the rank that started it, shuts it down). Rank 0 (or the single
+    process) uses a Ray already initialised here, else joins ``RAY_ADDRESS``, else starts a local
+    Ray with ``num_cpus`` (every rank's workers); over several ranks it posts the GCS address,
+    and the other ranks connect to it."""
+    connected = False
+    if ranks.is_main and not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], namespace=NAMESPACE, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
+        connected = True
+    if not ranks.distributed:
+        return connected
+    # With the address goes Ray's authentication mode: a local Ray that rank 0 starts can turn
+    # token authentication on (Ray 2.60 does by default) in rank 0's environment only, and the
+    # other ranks, spawned before, would be refused. The token itself is not passed on: Ray reads
+    # it from its file (~/.ray/auth_token) or RAY_AUTH_TOKEN on each node.
+    mine = json.dumps({"address": ray.get_runtime_context().gcs_address, "auth_mode": os.environ.get(AUTH_MODE)}
+                      ) if ranks.is_main else None
+    shared = json.loads(ranks.share(key + "/address", mine))
+    if not ranks.is_main and not ray.is_initialized():
+        if shared["auth_mode"] is not None and AUTH_MODE not in os.environ:
+            _set_auth_mode(shared["auth_mode"])
+        ray.init(address=shared["address"], namespace=NAMESPACE, log_to_driver=False)
+        connected = True
+    return connected
+
+
+def _set_auth_mode(mode: str) -> None:
+    """Set RAY_AUTH_MODE in this process after Ray was imported, as Ray does when it enables token
+    authentication for a local cluster: the environment variable, then its cached config re-read."""
+    os.environ[AUTH_MODE] = mode
+    from ray._raylet import Config  # no public way: ray.init reads the mode from this cache
+
+    Config.initialize("")
+
+
+def _check_worker_engine(name: Any) -> None:
+    """``worker_engine`` must name an engine (``rollout.engine``'s lookup) that samples in a CPU
+    actor: not ``ray`` itself, nor ``vllm`` (the workers get no GPU yet)."""
+    from posttrain.engines.factory import ENGINES
+    from posttrain.import_path import lookup
+
+    if name in ("ray", "vllm") or not isinstance(name, str):
+        raise ValueError(f"RayEngine: worker_engine must be 'hf' or an import path 'pkg.module:function', "
+                         f"got {name!r}")
+    lookup(ENGINES, name, "rollout worker engine")  # fails here, not in every worker, when it does not resolve
 
 
 def _with_seed(sampling: SamplingParams, seed: int) -> SamplingParams:

@@ -18,6 +18,11 @@ What the RL recipe (`recipes/rl/grpo.py`) shards and what it keeps global:
   ids stay global (round offset + the prompt's position in the step's whole list).
 - The sampling seed of a round is the single-process seed × world size + rank (`Ranks.seed`):
   distinct per rank, and the single-process seed itself at world size 1.
+- Ray rollout workers (`rollout.engine: ray`): `rollout.workers` is the run's, a multiple of the
+  world size; each rank's engine owns its share of the workers, samples its prompts through
+  them and pushes its weights to them. The ranks share one Ray, whose address rank 0 posts in
+  the process group's store (`Ranks.share`); rank 0 stops the Ray it started only once the
+  others are done with it (`Ranks.main_last`). `engines/ray_engine.py` has the details.
 - Loss normalisers: the step's valid-token and sequence counts, summed over ranks once per step
   (`algorithms.aggregation.loss_counts` with `Ranks.sum`), so every micro-batch of every rank
   divides by the same numbers.
@@ -30,6 +35,9 @@ What the RL recipe (`recipes/rl/grpo.py`) shards and what it keeps global:
   A step with no sequence on any rank skips the update on every rank alike.
 - Metrics: the update's sums are all-reduced; the rollout metrics are computed from every rank's
   rollouts (`Ranks.gather`), so rank 0 logs the step's figures, not its share's.
+- Compute: each rank's ledger counts its own share; `training.loop.TrainingLoop` logs,
+  checkpoints and summarises the run's (`ComputeLedger.merged`: tokens and FLOPs summed, a
+  stage's seconds the slowest rank's), so `compute/*` are the whole run's on any N.
 - Side effects on rank 0 only: the run directory, metrics.jsonl, rollouts.jsonl (rank 0's
   first rollouts, which are the single process's first ones), TensorBoard, evaluation,
   checkpoints, the final model, plots, summary.json. Other ranks hold a `FollowerRun`: rank 0's
@@ -44,12 +52,12 @@ Why a summing comm hook rather than scaling each loss by the world size: the los
 logs and checks stays its true share, and nothing is multiplied and divided again (exact for
 any N, not only powers of two).
 
-Not yet: PPO (the critic loop), PivotRL, sharded parameters (FSDP2), ranks launched by Ray, a
-sharded reference model, the Ray rollout engine under several ranks, sharded evaluation (rank 0
-evaluates alone while the others wait at their next collective, so an evaluation must finish
-within torch.distributed's timeout, 30 minutes by default), a global compute ledger (`compute/*`
-are rank 0's share) and the other ranks' reward-error lines in summary.json (their counts are
-in the per-step `rewards/*` metrics). NCCL takes the same code path but has not been run here.
+Not yet: PPO (the critic loop), PivotRL, sharded parameters (FSDP2), ranks launched by Ray (the
+ranks drive Ray rollout workers, but Ray does not start the ranks), a sharded reference model,
+sharded evaluation (rank 0 evaluates alone while the others wait at their next collective, so an
+evaluation must finish within torch.distributed's timeout, 30 minutes by default) and the
+other ranks' reward-error lines in summary.json (their counts are in the per-step `rewards/*`
+metrics). NCCL takes the same code path but has not been run here.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -145,6 +154,38 @@ class Ranks:
         if self.distributed:
             torch.distributed.barrier()
 
+    # The two below go through the process group's key-value store (the file store of spawned
+    # ranks, torchrun's TCP store), not a collective: no rank is matched with another's call, so
+    # they work inside `main_first` (where a broadcast would wait on ranks held at its barrier)
+    # and on a path only some ranks take. Every key is set once per run.
+
+    def share(self, key: str, value: str | None) -> str:
+        """Rank 0's `value` (a string) on every rank: rank 0 posts it and goes on, the others
+        wait for it (up to the process group's timeout). One process: `value`."""
+        if not self.distributed:
+            return value
+        store = _store()
+        if self.is_main:
+            store.set(key, value)
+            return value
+        return store.get(key).decode("utf-8")
+
+    def main_last(self, key: str, timeout_s: float) -> bool:
+        """Rank 0 passes this point only after every other rank has reached it, or after
+        `timeout_s` (then False); the others pass at once. For what rank 0 must tear down only
+        when the others are done with it (the Ray it started)."""
+        if not self.distributed:
+            return True
+        store = _store()
+        if not self.is_main:
+            store.set(f"{key}/{self.rank}", "1")
+            return True
+        try:
+            store.wait([f"{key}/{rank}" for rank in range(1, self.world_size)], timedelta(seconds=timeout_s))
+        except RuntimeError:  # torch's DistStoreError on the timeout
+            return False
+        return True
+
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:
         """Rank 0 runs the block first (building what is cached on disk: the tiny model, task
@@ -189,6 +230,11 @@ class Ranks:
         ids = torch.full((1, 2), token_id, dtype=torch.long, device=device)
         logits = trainer(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         (logits.float().sum() * 0.0).backward()
+
+
+def _store() -> "torch.distributed.Store":
+    """The default process group's key-value store (torch has no public accessor for it)."""
+    return torch.distributed.distributed_c10d._get_default_store()
 
 
 def _sum_gradients(state, bucket):  # no annotations: DDP checks them, and these would be strings

@@ -8,6 +8,12 @@ samples each prompt alone, seeded by the prompt's ids and the round's seed *with
 so a prompt's completions depend only on the weights, the prompt and the step — not on which
 rank samples it, nor on what else is in its batch. With it a 2-rank run and one process train on
 the same union batch.
+
+`prompt_seeded_ray_engine` is the same sampler in Ray workers (`rollout.engine=ray`'s RayEngine
+with `worker_engine=rl_ranks:prompt_seeded_engine`): on the driver it takes the rank out of the
+round's seed before the workers see it (inside a worker there is no process group to ask), so a
+prompt's completions are again those of the one-process run — with one worker per rank (a
+rank's worker i > 0 adds i × world size to the seed).
 """
 
 from __future__ import annotations
@@ -47,3 +53,19 @@ def prompt_seeded_engine(model, tokenizer, *, precision=None):
             return groups
 
     return PromptSeededEngine(model, tokenizer, precision=precision)
+
+
+def prompt_seeded_ray_engine(model, tokenizer, *, precision=None, workers=1, timeout_s=300.0):
+    """A RayEngine whose workers sample with `prompt_seeded_engine`, seeded without the rank."""
+    import dataclasses
+
+    from posttrain.engines.ray_engine import RayEngine
+    from posttrain.training.distributed import Ranks
+
+    class RankFreeSeeds(RayEngine):
+        def generate(self, prompt_ids, sampling):
+            base = (sampling.seed or 0) // Ranks.current().world_size  # as prompt_seeded_engine does
+            return super().generate(prompt_ids, dataclasses.replace(sampling, seed=base))
+
+    return RankFreeSeeds(model, tokenizer, workers=workers, timeout_s=timeout_s, precision=precision,
+                         worker_engine="rl_ranks:prompt_seeded_engine")

@@ -23,8 +23,10 @@ from posttrain.engines import HFEngine, SamplingParams  # noqa: E402
 from posttrain.engines.ray_engine import RayEngine, split_contiguous  # noqa: E402
 from posttrain.models.tiny import build_tiny_model  # noqa: E402
 from posttrain.recipes import rl  # noqa: E402
+from posttrain.training.distributed import Ranks  # noqa: E402
 
-pytestmark = pytest.mark.integration
+# Starts processes of its own (Ray workers or training ranks): one xdist worker runs all such files (Makefile).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("processes")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -83,6 +85,7 @@ def test_greedy_through_two_workers_equals_the_hf_engine(engine, tiny):
     got = engine.generate(tiny.prompts, GREEDY)
     assert_same(got, expected)
     assert engine.last_stats["workers"] == 2 and engine.last_stats["weight_version"] == engine.version
+    assert engine.last_stats["nodes"] == 1 and engine.node_ids == [ray.get_runtime_context().get_node_id()] * 2
     assert engine.last_stats["generated_tokens"] == sum(len(c.token_ids) for g in got for c in g)
     assert not engine.shares_weights(tiny.model)
 
@@ -103,6 +106,32 @@ def test_each_worker_samples_whole_groups_of_a_contiguous_chunk_with_seed_plus_i
     assert_same(got, expected)
     assert [[c.token_ids for c in g] for g in engine.generate(tiny.prompts, sampling)] == \
         [[c.token_ids for c in g] for g in got]
+
+
+def test_over_several_ranks_worker_i_adds_i_times_the_world_size_to_the_seed(engine, tiny, monkeypatch):
+    """Rank r's round seed is base × N + r (`Ranks.seed`); its worker i samples with that + i × N,
+    so no two workers of any rank share a seed. Shown with this engine posing as rank 0 of 2."""
+    monkeypatch.setattr(engine, "ranks", Ranks(0, 2))
+    sampling = SamplingParams(max_new_tokens=6, temperature=1.0, n=3, seed=11)
+    got = engine.generate(tiny.prompts, sampling)
+    hf, expected = HFEngine(tiny.model, tiny.tokenizer), []
+    for i, (lo, hi) in enumerate(split_contiguous(len(tiny.prompts), 2)):
+        for group in hf.generate(tiny.prompts[lo:hi], SamplingParams(max_new_tokens=6, temperature=1.0, n=3,
+                                                                     seed=11 + 2 * i)):
+            for c in group:
+                c.prompt_index += lo
+            expected.append(group)
+    assert_same(got, expected)
+
+
+def test_bad_worker_counts_and_worker_engines_fail_before_any_worker_starts(tiny, monkeypatch):
+    with pytest.raises(ValueError, match="worker_engine must be 'hf' or an import path"):
+        RayEngine(tiny.model, tiny.tokenizer, workers=1, worker_engine="ray")
+    with pytest.raises(ValueError, match="rollout worker engine 'nope:missing'"):
+        RayEngine(tiny.model, tiny.tokenizer, workers=1, worker_engine="nope:missing")
+    monkeypatch.setattr(Ranks, "current", classmethod(lambda cls: cls(0, 2)))
+    with pytest.raises(ValueError, match=r"rollout.workers=3\) must be a multiple of the world size \(2\)"):
+        RayEngine(tiny.model, tiny.tokenizer, workers=3)
 
 
 def test_load_weights_bumps_the_version_and_the_workers_sample_the_new_policy(engine, tiny):
