@@ -50,8 +50,13 @@ install: $(BIN)/.posttrain-installed
 demo: install
 	$(BIN)/posttrain demo
 
+# The suite runs on every core (pytest-xdist, `-n auto`) with one torch thread per worker: the
+# thread count the learning tests' seed sweeps measure their thresholds at (tests/seed_sweep.py),
+# and on a 2-core machine two one-thread workers finish the suite sooner than one two-thread
+# process (benchmarks/README.md, "The test suite"). The tests that start processes of their own
+# (Ray workers, training ranks) share one worker (xdist_group "processes", --dist loadgroup).
 test: install
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 lock:
 	@tool=$$(mktemp -d) && trap 'rm -rf "$$tool"' EXIT && \
