@@ -49,6 +49,8 @@ SCALES = {
                       sft_steps=400, large_sft_steps=400, rl_steps=20, pivot_steps=20, pivot_tasks=800,
                       pivot_candidates=128, prompts=8, samples=8, k=8, max_new_tokens=64, max_turns=6, lr=1e-4),
 }
+# Pretraining's and SFT's learning rate (both models unless --large-lr says otherwise).
+SFT_LR = 3e-3
 # Without read_rows (the expert never needs it): its schema would lengthen every sequence by a sixth.
 TOOLS = ("list_sheets", "describe_sheet", "query")
 
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-sft", "--reuse", action="store_true",
                         help="reuse every finished stage under --out (base, SFT, RL and PivotRL runs)")
     parser.add_argument("--without-large", action="store_true", help="leave out the larger model's row")
+    parser.add_argument("--large-lr", type=float, default=SFT_LR,
+                        help=f"the larger model's learning rate, pretraining and SFT (default {SFT_LR:g}, the small one's)")
     parser.add_argument("--skip", action="append", default=[], choices=["rl", "pivotrl"],
                         help="leave out a method's row (repeatable): a variant run of the other")
     parser.add_argument("--pivot-tasks", type=int, help="expert trajectories PivotRL draws candidates from "
@@ -84,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
 
     timings = {}
 
-    def pretrained(name: str, model: Path) -> Path:
+    def pretrained(name: str, model: Path, lr: float = SFT_LR) -> Path:
         summary = sft(out, name, model, data["drills"], scale["pretrain_steps"], args.seed, args.skip_sft,
-                      sequences=32, max_length=384)
+                      sequences=32, max_length=384, lr=lr)
         timings[name] = summary["seconds"]
         return Path(summary["model_dir"])
 
@@ -115,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     records: list[dict] = []
     overrides = {"rl": args.rl_set, "pivotrl": [f"pivot_tasks={scale['pivot_tasks']}",
-                                                f"pivot_candidates={scale['pivot_candidates']}"] + args.pivot_set}
+                                                f"pivot_candidates={scale['pivot_candidates']}"] + args.pivot_set,
+                 "sft-large": [f"lr={args.large_lr:g}"] if args.large_lr != SFT_LR else []}
 
     def add(method: str, run: str, seconds: float) -> None:
         """Measure `run`'s final model and rewrite the outputs with it: a stopped comparison keeps its rows."""
@@ -143,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 + args.pivot_set)))
         add("SFT → PivotRL", "pivotrl", seconds)
     if not args.without_large:  # last: the row that costs the most and answers the least
-        sft_large = sft(out, "sft-large", pretrained("base-large", large), data["sft"], scale["large_sft_steps"],
-                        args.seed, args.skip_sft)
+        sft_large = sft(out, "sft-large", pretrained("base-large", large, args.large_lr), data["sft"],
+                        scale["large_sft_steps"], args.seed, args.skip_sft, lr=args.large_lr)
         add("SFT (larger model)", "sft-large", sft_large["seconds"])
     print(table(records, args.scale, timings))
     return 0
@@ -189,7 +194,7 @@ def build_models(out: Path, corpus: list[str], seed: int) -> tuple[Path, Path]:
 
 
 def sft(out: Path, name: str, model: Path, data: Path, steps: int, seed: int, skip: bool, *,
-        sequences: int = 16, max_length: int = 1024) -> dict:
+        sequences: int = 16, max_length: int = 1024, lr: float = SFT_LR) -> dict:
     from posttrain.config import load_config
     from posttrain.recipes import sft as sft_recipe
 
@@ -201,7 +206,7 @@ def sft(out: Path, name: str, model: Path, data: Path, steps: int, seed: int, sk
         f"model.name_or_path={model}", "model.device=cpu", f"data.train={data}", f"data.max_length={max_length}",
         "data.eval_fraction=0.05", f"run.output_dir={out}", f"run.name={name}", "run.overwrite=true",
         "run.report_to=[]", f"run.seed={seed}", f"steps={steps}", f"sequences_per_step={sequences}",
-        f"micro_batch_size={min(sequences, 8)}", "optim.lr=3e-3", "optim.schedule=cosine", "optim.warmup_steps=20",
+        f"micro_batch_size={min(sequences, 8)}", f"optim.lr={lr}", "optim.schedule=cosine", "optim.warmup_steps=20",
         f"run.save_every={max(steps, 1)}", f"run.eval_every={max(steps, 1)}"]))
     summary["seconds"] = time.perf_counter() - start
     summary_path.write_text(json.dumps(summary, indent=2, default=str))  # --skip-sft reads the seconds back
