@@ -47,6 +47,20 @@ def _tiny_model_cache(tmp_path_factory):
         os.environ["POSTTRAIN_CACHE"] = previous
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """A module's tiny matmuls on one torch thread (`pytestmark = pytest.mark.usefixtures(...)`):
+    they gain nothing from more, and on a shared machine OpenMP threads waiting for a busy core
+    made such tests ~20x slower (measured). `make test` already runs at one thread per worker;
+    this keeps a plain `pytest` run of the module as fast."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 # ------------------------------------------------------------------------------ learning seeds
 
 

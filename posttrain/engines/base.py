@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["Completion", "Engine", "SamplingParams", "validate_prompt_ids"]
+__all__ = ["Completion", "Engine", "SamplingParams", "check_generate_call", "sampling_seed", "validate_prompt_ids"]
 
 
 @dataclass
@@ -199,3 +199,21 @@ def validate_prompt_ids(prompt_ids: Sequence[Sequence[int]], vocab_size: int | N
                 raise ValueError(f"prompt {i}, position {j}: token id {token!r} is not an int{bound}")
         out.append([int(token) for token in prompt])
     return out
+
+
+def check_generate_call(engine: str, closed: bool, prompt_ids: Sequence[Sequence[int]], sampling: Any,
+                        vocab_size: int | None = None) -> list[list[int]]:
+    """What every engine's ``generate`` checks first: that the engine (named ``engine`` in the
+    error) is open, that ``sampling`` is a :class:`SamplingParams`, and the prompts
+    (:func:`validate_prompt_ids`); returns the prompts as plain lists of ints."""
+    if closed:
+        raise RuntimeError(f"{engine}.generate: the engine is closed")
+    if not isinstance(sampling, SamplingParams):
+        raise TypeError(f"{engine}.generate: sampling must be a SamplingParams, got {type(sampling).__name__}")
+    return validate_prompt_ids(prompt_ids, vocab_size)
+
+
+def sampling_seed(sampling: SamplingParams) -> int:
+    """The seed a ``generate`` call samples with: ``sampling.seed``, else a draw from torch's global
+    RNG, so that ``torch.manual_seed`` still makes a whole run reproducible."""
+    return sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, (1,)).item())

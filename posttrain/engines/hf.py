@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from posttrain.engines.base import Completion, SamplingParams, validate_prompt_ids
+from posttrain.engines.base import Completion, SamplingParams, check_generate_call, sampling_seed
 from posttrain.engines.kv_cache import decode_cache, drop_leading_columns, supports_column_drop
 from posttrain.engines.sampling import select_next_tokens
 from posttrain.models.device import model_device
@@ -96,16 +96,11 @@ class HFEngine:
         The same ``sampling.seed`` with the same prompts and ``max_batch_size`` gives the same
         completions, whatever the global RNG state.
         """
-        if self._closed:
-            raise RuntimeError("HFEngine.generate: the engine is closed")
-        if not isinstance(sampling, SamplingParams):
-            raise TypeError(f"HFEngine.generate: sampling must be a SamplingParams, got {type(sampling).__name__}")
         config = getattr(self.model, "config", None)
-        prompts = validate_prompt_ids(prompt_ids, getattr(config, "vocab_size", None))
+        prompts = check_generate_call("HFEngine", self._closed, prompt_ids, sampling, getattr(config, "vocab_size", None))
         stop_ids = self._stop_ids(sampling)
         device = model_device(self.model)
-        # seed=None follows the global RNG, so torch.manual_seed still makes a whole run reproducible.
-        seed = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        seed = sampling_seed(sampling)
         generator = torch.Generator(device=device).manual_seed(seed)
 
         # One row per (prompt, sample), samples of a prompt adjacent, so chunks keep them together.

@@ -67,7 +67,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from posttrain.engines.base import Completion, SamplingParams, validate_prompt_ids
+from posttrain.engines.base import Completion, SamplingParams, check_generate_call, sampling_seed
 from posttrain.training.distributed import Ranks
 
 try:
@@ -190,12 +190,8 @@ class RayEngine:
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[list[Completion]]:
         """Sample ``sampling.n`` completions per prompt over the workers; see the module docstring."""
-        if self._closed:
-            raise RuntimeError("RayEngine.generate: the engine is closed")
-        if not isinstance(sampling, SamplingParams):
-            raise TypeError(f"RayEngine.generate: sampling must be a SamplingParams, got {type(sampling).__name__}")
-        prompts = validate_prompt_ids(prompt_ids, self.vocab_size)
-        seed = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        prompts = check_generate_call("RayEngine", self._closed, prompt_ids, sampling, self.vocab_size)
+        seed = sampling_seed(sampling)
         ranges = split_contiguous(len(prompts), self.workers)
         params = [_with_seed(sampling, seed + i * self.ranks.world_size) for i in range(len(ranges))]
         start = time.perf_counter()

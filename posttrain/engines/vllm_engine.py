@@ -68,7 +68,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from posttrain.engines.base import Completion, SamplingParams, validate_prompt_ids
+from posttrain.engines.base import Completion, SamplingParams, check_generate_call, sampling_seed
 
 __all__ = ["LOGPROBS_MODE", "VLLMEngine", "VLLMUnavailable", "push_weights", "to_vllm_sampling"]
 
@@ -168,14 +168,10 @@ class VLLMEngine:
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[list[Completion]]:
         """Sample ``sampling.n`` completions per prompt with vLLM; see the module docstring."""
-        if self._closed:
-            raise RuntimeError("VLLMEngine.generate: the engine is closed")
-        if not isinstance(sampling, SamplingParams):
-            raise TypeError(f"VLLMEngine.generate: sampling must be a SamplingParams, got {type(sampling).__name__}")
-        prompts = validate_prompt_ids(prompt_ids, self.vocab_size)
+        prompts = check_generate_call("VLLMEngine", self._closed, prompt_ids, sampling, self.vocab_size)
         self._warn_if_filtered(sampling)
         stop_ids = sorted(set(sampling.stop_token_ids or []) | set(self._eos_ids))
-        seed = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        seed = sampling_seed(sampling)
         seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=torch.Generator().manual_seed(seed)).tolist()
         params = [to_vllm_sampling(self._vllm, sampling, stop_ids, s) for s in seeds]
         self._wake()

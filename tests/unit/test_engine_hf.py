@@ -17,15 +17,7 @@ from posttrain.engines import HFEngine, SamplingParams
 from posttrain.engines.hf import ends_with_any
 from posttrain.models.tiny import EOS_TOKEN, build_tiny_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Run this module's tiny matmuls on one thread: they gain nothing from more, and on a shared
-    machine OpenMP threads waiting for a busy core made these tests ~20x slower (measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -33,19 +33,12 @@ from posttrain.training import precision as P
 from posttrain.training.loop import start_run
 from posttrain.training.optim import build_optimizer, build_scheduler, optimizer_step
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # Each training recipe's config, with what it needs besides to validate.
 RECIPE_CONFIGS = [(sft.SFTConfig, []), (DPOConfig, []), (RewardModelConfig, []), (rl.RLConfig, []),
                   (PivotRLConfig, ["env.name=spreadsheet"]), (DemoConfig, [])]
 BF16 = P.resolve_precision("bf16-mixed", "cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # bf16 is emulated on many CPUs; extra OpenMP threads only wait for busy cores on a shared machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -18,19 +18,13 @@ from posttrain.recipes.rl import grpo
 from posttrain.recipes.rl.batch import TokenSequence, build_batch
 from posttrain.recipes.rl.config import RLConfig
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 LENGTHS = [2, 3, 1, 2]            # response tokens per sequence: 8 in all
 REWARDS = [1.0, 0.0, 0.0, 1.0]    # groups [0, 0, 1, 1]: Dr. GRPO advantages r − mean = ±0.5
 ADVANTAGES = [0.5, -0.5, -0.5, 0.5]
 RATIOS = [3.0, 0.5, 1.5, 2.5]     # π_trainer / π_sampler on every token of each sequence
 C = 4.0                           # Dr. GRPO's constant normaliser: max_new_tokens
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
