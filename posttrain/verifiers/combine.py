@@ -336,9 +336,8 @@ class RewardRunner:
         if not len(prompts) == len(completions) == len(rows):
             raise ValueError(f"prompts, completions and rows differ in length: "
                              f"{len(prompts)}, {len(completions)}, {len(rows)}")
-        per_reward, stats = {}, {}
-        for name, reward in self.rewards.items():
-            per_reward[name], stats[name] = reward.score(prompts, completions, rows)
+        per_reward, stats = self._score_each(prompts, completions, rows)
+        for name in self.rewards:
             self.totals[name].add(stats[name])
         total = []
         for i in range(len(completions)):
@@ -350,6 +349,16 @@ class RewardRunner:
             self._warned = True
             self.warn(self._first_failure_message(stats))
         return report
+
+    def _score_each(self, prompts: Sequence[Any], completions: Sequence[str], rows: list[Mapping[str, Any]]
+                    ) -> tuple[dict[str, list[float | None]], dict[str, RewardStats]]:
+        """Each function's scores and this batch's counts, by name: the one step a runner that
+        scores elsewhere (`posttrain.verifiers.ray_rewards`) replaces; weighting, totals and the
+        warning stay in `__call__`."""
+        per_reward, stats = {}, {}
+        for name, reward in self.rewards.items():
+            per_reward[name], stats[name] = reward.score(prompts, completions, rows)
+        return per_reward, stats
 
     def _scored_as(self, name: str) -> str:
         on_error = self.rewards[name].on_error

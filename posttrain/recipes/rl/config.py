@@ -122,6 +122,11 @@ class RewardConfig:
     # models) keep their own limits. 30 s is far above any legitimate call of the built-in rewards
     # and above the code sandbox's own 10 s limit (posttrain/verifiers/combine.py explains).
     timeout_s: float = 30.0
+    # Ray actors that score each batch (contiguous chunks, one per actor), for CPU-heavy rewards such
+    # as code and math verification; 0 = score in this process. Each actor resolves the functions
+    # itself; every remote call has a deadline, and a worker that dies or stalls is restarted once
+    # and its chunk retried (posttrain/verifiers/ray_rewards.py). Training and turn rewards only.
+    workers: int = 0
     # Subtracted from the reward of a response that hit max_new_tokens without EOS (a reward model
     # would otherwise score the unfinished text as if it had ended). null = no penalty.
     missing_eos_penalty: Union[float, None] = None
@@ -139,6 +144,8 @@ class RewardConfig:
         # Checked here, as the section is built, since a reward call without a limit can hang the run.
         if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or not self.timeout_s > 0:
             raise ConfigError(f"reward.timeout_s must be a number of seconds > 0, got {self.timeout_s!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"reward.workers must be an int >= 0 (0: score in this process), got {self.workers!r}")
 
 
 @dataclasses.dataclass

@@ -1,6 +1,7 @@
 """The reward runners an RL run scores with: training rollouts from the `reward` section, held-out
 completions from `eval.reward` (else the first training reward) under the same limits, and the
-per-turn scores of multi-turn episodes (`reward.turn_functions`)."""
+per-turn scores of multi-turn episodes (`reward.turn_functions`). With `reward.workers` >= 1 the
+training and turn runners score in Ray actors (`posttrain.verifiers.ray_rewards`)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def reward_runners(cfg, run: Run) -> Iterator[tuple[RewardRunner, RewardRunner]]
     weights = dict(zip(names, cfg.reward.weights)) if cfg.reward.weights else None
     warn = warn_to(run)
     check_sandbox(cfg.reward.sandbox.require, [*names, cfg.eval.reward or ""])
-    with RewardRunner({name: resolve_reward(name) for name in names}, weights, on_error=cfg.reward.on_error,
-                      timeout_s=cfg.reward.timeout_s, warn=warn) as training:
+    with _runner(cfg, names, weights, warn) as training:
+        # Evaluation scores in this process, sharing the training runner's wrapped function when the
+        # limits are the same; with reward.workers it scores the driver's copy of it, not the actors.
         with rl_eval_reward_runner(cfg, warn=warn, share=training) as evaluation:
             yield training, evaluation
 
@@ -51,6 +53,21 @@ def turn_reward_runner(cfg, run: Run) -> Iterator[Optional[RewardRunner]]:
         yield None
         return
     weights = dict(zip(names, cfg.reward.turn_weights)) if cfg.reward.turn_weights else None
-    with RewardRunner({name: resolve_reward(name) for name in names}, weights, on_error=cfg.reward.on_error,
-                      timeout_s=cfg.reward.timeout_s, warn=warn_to(run)) as runner:
+    with _runner(cfg, names, weights, warn_to(run)) as runner:
         yield runner
+
+
+def _runner(cfg, names, weights, warn) -> RewardRunner:
+    """A runner of `names` under the `reward` section's limits: in this process (reward.workers=0) or
+    over reward.workers Ray actors. The local Ray the first one starts (when none runs) gets a CPU
+    for every actor of the run: the training and turn runners' and a Ray rollout engine's."""
+    if cfg.reward.workers:
+        from posttrain.verifiers.ray_rewards import RayRewardRunner  # imports Ray: only when asked for
+
+        runners = 2 if cfg.reward.turn_functions else 1
+        engine_cpus = cfg.rollout.workers if cfg.rollout.engine != "hf" else 0
+        return RayRewardRunner(names, weights, workers=cfg.reward.workers, on_error=cfg.reward.on_error,
+                               timeout_s=cfg.reward.timeout_s, warn=warn,
+                               num_cpus=runners * cfg.reward.workers + engine_cpus)
+    return RewardRunner({name: resolve_reward(name) for name in names}, weights, on_error=cfg.reward.on_error,
+                        timeout_s=cfg.reward.timeout_s, warn=warn)
