@@ -30,7 +30,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -166,9 +166,9 @@ def _quiet_transformers_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _save_weights(model: nn.Module, directory: Path) -> None:
+def _save_weights(model: nn.Module, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
     if hasattr(model, "save_pretrained"):
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {} if state is None else {"state_dict": dict(state)}  # a copy: HF pops from it
         # transformers >= 5 may rename weights back to an "original" checkpoint layout on save;
         # a resume checkpoint must hold the keys of model.state_dict() so load_checkpoint can
         # restore it in place, so that conversion is switched off where it exists.
@@ -255,8 +255,13 @@ def save_checkpoint(
     tokenizer: Any | None = None,
     trainer_state: dict[str, Any],
     keep_last: int | None = 2,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint atomically and prune old ones; returns its directory.
+
+    ``model_state`` / ``optimizer_state``: what to write instead of ``model.state_dict()`` /
+    ``optimizer.state_dict()`` (a sharded model's, gathered: ``Ranks.full_state``).
 
     ``trainer_state`` must be JSON-serialisable (step, data position, epoch, ledger snapshot...);
     it is checked before anything is written. ``keep_last`` keeps the newest that many
@@ -284,10 +289,12 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
 
-    _save_weights(model, tmp)
+    if model_state is not None and not hasattr(model, "save_pretrained"):
+        raise ValueError("save_checkpoint: model_state needs a model with save_pretrained")
+    _save_weights(model, tmp, model_state)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
     if scheduler is not None:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
@@ -319,11 +326,13 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
     restore_rng: bool = True,
+    load_states: Callable[[dict[str, torch.Tensor], dict[str, Any] | None], None] | None = None,
 ) -> dict[str, Any]:
     """Restore weights (in place), optimizer, scheduler and RNG states; return trainer_state.
 
     The model must already be built the same way as when it was saved (same architecture and,
-    for peft, the same adapter config): only the weights are loaded.
+    for peft, the same adapter config): only the weights are loaded. ``load_states(weights,
+    optimizer_state)``: how they go in instead (a sharded model: ``Ranks.load_full_state``).
     """
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / TRAINER_STATE).is_file():
@@ -331,12 +340,17 @@ def load_checkpoint(
             f"{ckpt_dir}: not a complete checkpoint (no {TRAINER_STATE}); "
             "use latest_checkpoint(run_dir) to find the newest complete one"
         )
-    if _is_peft(model):
+    if load_states is not None:
+        optimizer_state = None
+        if optimizer is not None:
+            optimizer_state = torch.load(ckpt_dir / "optimizer.pt", map_location="cpu", weights_only=True)
+        load_states(_read_safetensors(ckpt_dir), optimizer_state)
+    elif _is_peft(model):
         _load_peft_weights(model, ckpt_dir)
     else:
         _load_plain_weights(model, ckpt_dir)
 
-    if optimizer is not None:
+    if optimizer is not None and load_states is None:
         # map_location cpu: Optimizer.load_state_dict moves each state tensor to its parameter's device.
         optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", map_location="cpu", weights_only=True))
     if scheduler is not None:

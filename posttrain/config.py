@@ -156,10 +156,16 @@ class DistributedConfig:
     world_size: int = 1
     # auto: NCCL when the model is on a GPU (each rank on cuda:LOCAL_RANK), gloo on the CPU.
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+    # How the update's parameters live on the ranks. ddp: every rank holds the whole model and
+    # the gradients are summed (DDP). fsdp: FSDP2 (`fully_shard`) shards parameters, gradients
+    # and optimizer state over the ranks, each decoder layer a unit; the update is the same.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
     def __post_init__(self) -> None:
         if isinstance(self.world_size, bool) or not isinstance(self.world_size, int) or self.world_size < 1:
             raise ConfigError(f"distributed.world_size must be an int >= 1, got {self.world_size!r}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"distributed.strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
 
 
 @dataclasses.dataclass

@@ -48,12 +48,24 @@ What the RL recipe (`recipes/rl/grpo.py`) shards and what it keeps global:
 Batch units: `rollout.prompts_per_step` is the whole step's (a multiple of the world size),
 `micro_batch_size` is per rank (it must divide each rank's prompts × samples).
 
+Sharded parameters (`distributed.strategy: fsdp`): `Ranks.wrap` applies FSDP2 to each decoder
+layer and the root in place, with sum reductions (`_shard`), so the same gradient arithmetic
+holds. `gradient_sync` becomes `set_requires_gradient_sync`; since FSDP gathers in every forward
+and backward, `Ranks.joins` pads every rank to the busiest rank's micro-batch count with zero-weight
+ones. Generation, the old log-probs and evaluation run inside `Ranks.full_weights` (every unit
+unsharded, resharding off), so ranks running different numbers of forwards gather nothing.
+The reference model is a plain copy made before sharding. Checkpoints and the final model are
+gathered to rank 0 (`Ranks.full_state`, torch.distributed.checkpoint.state_dict, full state dict
+on CPU) in the DDP format; every rank loads them into its shards (`Ranks.load_full_state`).
+
 Why a summing comm hook rather than scaling each loss by the world size: the loss each rank
 logs and checks stays its true share, and nothing is multiplied and divided again (exact for
 any N, not only powers of two).
 
-Not yet: PPO (the critic loop), PivotRL, sharded parameters (FSDP2), ranks launched by Ray (the
-ranks drive Ray rollout workers, but Ray does not start the ranks), a sharded reference model,
+Not yet: PPO (the critic loop), PivotRL, FSDP with rollout workers outside the process (Ray,
+vLLM) or with LoRA, sharded (torch.distributed.checkpoint) checkpoints for models too large to
+gather on rank 0, ranks launched by Ray (the ranks drive Ray rollout workers, but Ray does not
+start the ranks), a sharded reference model,
 sharded evaluation (rank 0 evaluates alone while the others wait at their next collective, so an
 evaluation must finish within torch.distributed's timeout, 30 minutes by default) and the
 other ranks' reward-error lines in summary.json (their counts are in the per-step `rewards/*`
@@ -88,15 +100,21 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    strategy: str = "ddp"  # `distributed.strategy`: ddp | fsdp
 
     @classmethod
-    def current(cls) -> "Ranks":
+    def current(cls, strategy: str = "ddp") -> "Ranks":
         """The ranks of the initialised process group, else the single process."""
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()):
             return cls()
         rank = dist.get_rank()
-        return cls(rank, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", rank)))
+        return cls(rank, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", rank)), strategy)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the parameters are sharded over the ranks (FSDP2)."""
+        return self.distributed and self.strategy == "fsdp"
 
     @property
     def is_main(self) -> bool:
@@ -200,11 +218,14 @@ class Ranks:
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """What the update's forward passes run through: `model` in one process; over several
-        ranks a DDP wrapper whose gradient all-reduce sums (see the module docstring). Buffers
-        are not re-broadcast in the forward: that would be a collective in every forward, and
-        ranks may run different numbers of them (the causal LM's buffers are constants)."""
+        ranks a DDP wrapper whose gradient all-reduce sums (see the module docstring), or with
+        `strategy: fsdp` `model` itself, sharded in place (`_shard`). Buffers are not
+        re-broadcast in the forward: that would be a collective in every forward, and ranks may
+        run different numbers of them (the causal LM's buffers are constants)."""
         if not self.distributed:
             return model
+        if self.sharded:
+            return _shard(model)
         from torch.nn.parallel import DistributedDataParallel
 
         device = next(model.parameters()).device
@@ -215,13 +236,27 @@ class Ranks:
 
     @contextlib.contextmanager
     def gradient_sync(self, trainer: nn.Module, sync: bool) -> Iterator[None]:
-        """The block's backward all-reduces the accumulated gradients when `sync` (the last
-        micro-batch of an update), else only accumulates them locally (DDP's `no_sync`)."""
+        """The block's backward reduces the accumulated gradients over the ranks when `sync` (the
+        last micro-batch of an update), else only accumulates them locally (DDP's `no_sync`,
+        FSDP2's `set_requires_gradient_sync(False)`)."""
+        if self.sharded:
+            trainer.set_requires_gradient_sync(sync)
+            yield
+            return
         if sync or not hasattr(trainer, "no_sync"):
             yield
             return
         with trainer.no_sync():
             yield
+
+    def joins(self, micro_batches: int) -> int:
+        """How many zero-weight micro-batches (`join_backward`) this rank runs after its own
+        `micro_batches` of an update, so that the ranks' gradient collectives pair up: DDP has one,
+        in the last backward, so only a rank with none joins (once); FSDP all-gathers in every
+        forward and backward, so every rank runs as many as the busiest one (a collective)."""
+        if not self.sharded:
+            return int(self.distributed and micro_batches == 0)
+        return max(self.gather(micro_batches)) - micro_batches
 
     def join_backward(self, trainer: nn.Module, token_id: int = 0) -> None:
         """A zero-weight forward and backward through `trainer` (one two-token row): this rank
@@ -230,6 +265,112 @@ class Ranks:
         ids = torch.full((1, 2), token_id, dtype=torch.long, device=device)
         logits = trainer(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         (logits.float().sum() * 0.0).backward()
+
+    # ------------------------------------------------------------------ sharded parameters
+
+    @contextlib.contextmanager
+    def full_weights(self, model: nn.Module) -> Iterator[None]:
+        """Every FSDP unit of `model` unsharded for the block (every rank enters it: the
+        all-gathers), so its forwards run no collective: generation, where ranks sample
+        different numbers of tokens, and rank 0's evaluation. The identity unless sharded."""
+        units = _units(model) if self.sharded else []
+        if not units:
+            yield
+            return
+        for unit in units:
+            unit.unshard()
+        units[0].set_reshard_after_forward(False)  # recursive: no unit frees its weights meanwhile
+        try:
+            yield
+        finally:
+            units[0].set_reshard_after_forward(True)
+            for unit in units:
+                unit.reshard()
+
+    def full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple:
+        """Sharded: the whole model's state dict and the optimizer's (in `optimizer.state_dict()`'s
+        own format, so a checkpoint is the DDP one), gathered to rank 0's CPU (empty on the other
+        ranks; every rank calls it). Not sharded: (None, None), the modules save themselves."""
+        if not self.sharded:
+            return None, None
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(model, options=options)
+        if optimizer is None:
+            return weights, None
+        state = get_optimizer_state_dict(model, optimizer, options=options)
+        if not self.is_main:
+            return weights, None
+        ids = {name: i for i, name in enumerate(_optimizer_names(model, optimizer))}
+        return weights, {"state": {ids[name]: value for name, value in state["state"].items()},
+                         "param_groups": [{**group, "params": [ids[name] for name in group["params"]]}
+                                          for group in state["param_groups"]]}
+
+    def load_full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                        weights: dict[str, torch.Tensor], optimizer_state: dict | None) -> None:
+        """`full_state`'s inverse on every rank: each keeps its shard of the whole `weights` and
+        `optimizer_state` (`optimizer.state_dict()`'s format). Tied weights may be missing."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(model, weights, options=options)
+        if optimizer is not None and optimizer_state is not None:
+            names = _optimizer_names(model, optimizer)
+            state = {"state": {names[i]: value for i, value in optimizer_state["state"].items()},
+                     "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
+                                      for group in optimizer_state["param_groups"]]}
+            set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def save_gathered(model: nn.Module, weights: dict[str, torch.Tensor], tokenizer: Any, out_dir: Path) -> Path:
+    """A sharded `model` saved as `models.loading.save_model` saves a whole one (standard HF
+    format), from its gathered `weights` (`Ranks.full_state`, rank 0)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, state_dict=dict(weights))  # a copy: HF pops from it
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def _shard(model: nn.Module) -> nn.Module:
+    """FSDP2 in place: each decoder layer (`model.model.layers`) a unit, the root the rest
+    (embeddings, tied head, final norm). Reductions are plain sums: every rank's loss already
+    divides by the global count, as with DDP's summing hook. FSDP2 averages by default, and a
+    divide factor of 1 alone becomes ReduceOp.PREMUL_SUM(1.0), which gloo lacks (as it lacks
+    AVG); with sum-only comms forced it is ReduceOp.SUM and no division (torch 2.13:
+    `_fsdp_collectives._get_gradient_divide_factors`). The divide factor is per unit."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise ValueError(f"distributed.strategy=fsdp shards decoder layers at model.model.layers; "
+                         f"{type(model).__name__} has none")
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+    for unit in _units(model):
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+def _units(model: nn.Module) -> list:
+    """The FSDP units of `model`, root first."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [module for module in model.modules() if isinstance(module, FSDPModule)]
+
+
+def _optimizer_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The parameter names in `optimizer.state_dict()`'s id order (a tied weight: its first name)."""
+    names = {}
+    for name, param in model.named_parameters():
+        names.setdefault(id(param), name)
+    return [names[id(param)] for group in optimizer.param_groups for param in group["params"]]
 
 
 def _store() -> "torch.distributed.Store":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -36,7 +37,7 @@ from posttrain.config import RunConfig, to_dict
 from posttrain.models.loading import save_model
 from posttrain.plots import plot_metrics
 from posttrain.run import Run
-from posttrain.training.distributed import Ranks, share_run
+from posttrain.training.distributed import Ranks, save_gathered, share_run
 from posttrain.training.precision import recipe_precision
 
 
@@ -122,8 +123,10 @@ class TrainingLoop:
         """
         if self.run.resume_checkpoint is None:
             return 0
+        # FSDP: every rank keeps its shard of the checkpoint's whole weights and optimizer state.
+        load_states = partial(self.ranks.load_full_state, self.model, self.optimizer) if self.ranks.sharded else None
         state = load_checkpoint(self.run.resume_checkpoint, model=self.model, optimizer=self.optimizer,
-                                scheduler=self.scheduler)
+                                scheduler=self.scheduler, load_states=load_states)
         if self.ranks.is_main:  # the checkpoint's totals are every rank's: held once, by rank 0
             self.ledger.load_state_dict(state["ledger"])
         if on_state is not None:
@@ -134,10 +137,11 @@ class TrainingLoop:
         return self.start_step
 
     def evaluate(self, step: int) -> dict:
-        if not self.run.is_main:  # data parallel: rank 0 evaluates
-            return {}
-        with self.ledger.timed("eval"):
-            metrics = self._evaluate_fn()
+        with self.ranks.full_weights(self.model):  # FSDP: rank 0's forwards then gather nothing
+            if not self.run.is_main:  # data parallel: rank 0 evaluates
+                return {}
+            with self.ledger.timed("eval"):
+                metrics = self._evaluate_fn()
         self.run.log(step, metrics)
         return metrics
 
@@ -174,11 +178,13 @@ class TrainingLoop:
 
     def _save_checkpoint(self, step: int) -> None:
         ledger = self.run_ledger()  # before the rank check: every rank joins the gather
+        weights, optimizer_state = self.ranks.full_state(self.model, self.optimizer)  # FSDP: gathered to rank 0
         if not self.run.is_main:
             return
         extra = self._extra_state() if self._extra_state is not None else {}
         save_checkpoint(self.run.dir, step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                         tokenizer=self.tokenizer, keep_last=self.run_cfg.keep_last,
+                        model_state=weights, optimizer_state=optimizer_state,
                         trainer_state={**extra, "step": step, "ledger": ledger.state_dict(),
                                        "first_eval": self.first_eval})
 
@@ -190,12 +196,14 @@ class TrainingLoop:
         figure, the ledger and a line per reward runner that saw failures (`reward_errors`,
         also printed) — print the ledger, and return the summary."""
         ledger = self.run_ledger()  # before the rank check: every rank joins the gather
+        weights, _ = self.ranks.full_state(model)  # FSDP: the whole weights, gathered to rank 0
         if not self.run.is_main:  # data parallel: rank 0 saves and summarises
             return dict(summary)
         errors = [line for runner in reward_runners if runner is not None and (line := runner.summary())]
         extra_dirs = {f"{name}_dir": str(save_model(module, self.tokenizer, self.run.dir / name))
                       for name, module in (also_save or {}).items()}
-        model_dir = save_model(model, self.tokenizer, self.run.model_dir)
+        model_dir = (save_model(model, self.tokenizer, self.run.model_dir) if weights is None
+                     else save_gathered(model, weights, self.tokenizer, self.run.model_dir))
         plot = plot_metrics(self.run.metrics_path, plot_keys, self.run.dir / plot_name, title=title)
         summary = {
             **summary, "model_dir": str(model_dir), **extra_dirs, "plot": str(plot),

@@ -196,3 +196,45 @@ def test_a_follower_run_writes_and_prints_nothing(tmp_path):
     assert not run.is_main and not (tmp_path / "run").exists()
     with pytest.raises(RuntimeError, match="only rank 0"):
         run.save_checkpoint(1)
+
+
+# ------------------------------------------------------------------------------- strategy (FSDP2)
+
+
+def test_the_strategy_is_ddp_or_fsdp_and_a_bad_one_names_the_key():
+    assert load_config(RLConfig, None, []).distributed.strategy == "ddp"
+    assert load_config(RLConfig, None, ["distributed.strategy=fsdp"]).distributed.strategy == "fsdp"
+    with pytest.raises(ConfigError, match="distributed.strategy"):
+        load_config(RLConfig, None, ["distributed.strategy=zero3"])
+
+
+def test_fsdp_in_one_process_is_the_identity():
+    """World size 1 shards nothing, whatever the strategy: wrap, full weights, joins, state."""
+    ranks = Ranks(strategy="fsdp")
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    assert not ranks.sharded and ranks.wrap(model) is model
+    with ranks.full_weights(model):
+        pass
+    assert ranks.joins(0) == 0 and ranks.joins(3) == 0
+    assert ranks.full_state(model, optimizer) == (None, None)
+
+
+def test_a_ddp_rank_joins_only_when_it_has_no_micro_batch():
+    ranks = Ranks(rank=1, world_size=2)
+    assert (ranks.joins(0), ranks.joins(1), ranks.joins(5)) == (1, 0, 0)
+
+
+def test_optimizer_ids_name_each_parameter_once_in_state_dict_order():
+    """A checkpoint's optimizer.pt keeps `optimizer.state_dict()`'s integer ids; a sharded run maps
+    them to parameter names (a tied weight by its first name) through this order."""
+    from posttrain.training.distributed import _optimizer_names
+
+    model = torch.nn.Sequential(torch.nn.Embedding(4, 2), torch.nn.Linear(2, 4, bias=False))
+    model[1].weight = model[0].weight  # tied
+    extra = torch.nn.Linear(2, 2)
+    model.append(extra)
+    optimizer = torch.optim.AdamW([{"params": [extra.weight]}, {"params": [model[0].weight, extra.bias]}])
+    assert _optimizer_names(model, optimizer) == ["2.weight", "0.weight", "2.bias"]
+    ids = [i for group in optimizer.state_dict()["param_groups"] for i in group["params"]]
+    assert ids == [0, 1, 2]

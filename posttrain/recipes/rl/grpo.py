@@ -21,7 +21,8 @@ log-probs too and the sampler's enter only the capped importance weights on the 
 
 Data parallel (`distributed.world_size: N`, or torchrun): every rank runs this loop on its share
 of each step's prompts (whole groups), the loss normalisers are the step's global counts, and
-DDP sums the gradients, so the update is the single-process update over the union batch;
+DDP (or FSDP2, `distributed.strategy: fsdp`) sums the gradients, so the update is the
+single-process update over the union batch;
 rank 0 alone writes the run directory and evaluates. `training/distributed.py` has the design.
 
 Differences from the papers: a reward of None (not scorable) is masked out of the loss and
@@ -38,6 +39,7 @@ from posttrain.algorithms.masked import masked_mean
 from posttrain.algorithms.mismatch import importance_weights
 from posttrain.algorithms.registry import AdvantageInputs, get_advantage_estimator, get_policy_loss
 from posttrain.compute import ComputeLedger, matmul_params
+from posttrain.config import ConfigError
 from posttrain.engines.factory import build_engine
 from posttrain.models.build import load_model_and_tokenizer
 from posttrain.models.passes import batch_logprobs, forward_logprobs
@@ -62,7 +64,7 @@ from posttrain.training.precision import recipe_precision
 def train(cfg: RLConfig) -> dict:
     """Run RL as configured; returns the summary also written to `summary.json`."""
     algo = cfg.algorithm.resolve()
-    ranks = Ranks.current()  # one process unless started by `training.distributed.launch` or torchrun
+    ranks = Ranks.current(cfg.distributed.strategy)  # one process unless started by `distributed.launch` or torchrun
     run = start_run(cfg, {"resolved_algorithm": algo.as_dict()}, ranks=ranks)
     with run, reward_runners(cfg, run) as (rewards, score_eval), turn_reward_runner(cfg, run) as turn_rewards:
         set_seed(cfg.run.seed)
@@ -75,7 +77,10 @@ def train(cfg: RLConfig) -> dict:
                                                            eval_rewards=score_eval,
                                                            source_rows=spec.rows if spec else None)
 
-        trainer = ranks.wrap(model)  # the update's forward passes: DDP over several ranks, else the model
+        if ranks.sharded and not engine.shares_weights(model):  # it would be sent DTensor shards
+            raise ConfigError("distributed.strategy=fsdp samples from the trained module: use the in-process "
+                              f"engine (rollout.engine=hf or one sharing the weights), not {cfg.rollout.engine!r}")
+        trainer = ranks.wrap(model)  # the update's forward passes: DDP over several ranks, FSDP2 (in place), else the model
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * cfg.updates_per_batch)
         ledger = ComputeLedger()
@@ -91,8 +96,9 @@ def train(cfg: RLConfig) -> dict:
             return evaluate_prompts(engine, eval_prompts, score_eval, cfg, ledger, n_params, episodes=episodes)
 
         def rl_step(step: int) -> dict:
-            batch, metrics = collect_rollouts(generate_and_score, train_prompts, cfg, algo, step,
-                                              tokenizer.pad_token_id, samples, ranks=ranks)
+            with ranks.full_weights(model):  # FSDP: the ranks generate different lengths, gathering nothing
+                batch, metrics = collect_rollouts(generate_and_score, train_prompts, cfg, algo, step,
+                                                  tokenizer.pad_token_id, samples, ranks=ranks)
             counts = loss_counts(loss_mask(batch), ranks.sum)  # the whole step's, over every rank
             if counts.rows:  # every rank updates, one whose share is empty too (see train_on_batch)
                 metrics.update(train_on_batch(model, reference, engine, optimizer, scheduler, batch, cfg, algo, run,
@@ -198,9 +204,10 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
     counts = counts if counts is not None else loss_counts(mask)
     tokens = int(batch.attention_mask.sum())
     old_logp = ref_logp = advantages = None
-    if batch.size:  # an empty share (data parallel) only joins the update's collectives
-        old_logp, ref_logp, advantages = logprobs_and_advantages(model, reference, engine, batch, mask, cfg, algo,
-                                                                 ledger, n_params)
+    with ranks.full_weights(model):  # FSDP: ranks with different batch sizes run different numbers of passes
+        if batch.size:  # an empty share (data parallel) only joins the update's collectives
+            old_logp, ref_logp, advantages = logprobs_and_advantages(model, reference, engine, batch, mask, cfg,
+                                                                     algo, ledger, n_params)
     policy_loss = get_policy_loss(algo.policy_loss)
     normaliser = float(cfg.rollout.max_new_tokens) if algo.loss_normaliser == "max_new_tokens" else algo.loss_normaliser
     global_tokens, global_sequences = counts.tokens, counts.sequences
@@ -210,6 +217,7 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
     metrics: dict = {}
     gap = 0.0
     starts = range(0, batch.size, cfg.micro_batch_size)
+    joins = ranks.joins(len(starts))  # zero-weight micro-batches after this rank's own (data parallel)
     for update in range(cfg.updates_per_batch):
         with ledger.timed("update"):
             sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip": 0.0, "ratio": 0.0}
@@ -218,7 +226,7 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
             for start in starts:
                 rows = slice(start, start + cfg.micro_batch_size)
                 # Data parallel: the update's last micro-batch all-reduces the accumulated gradients.
-                with ranks.gradient_sync(trainer, sync=start == starts[-1]):
+                with ranks.gradient_sync(trainer, sync=start == starts[-1] and not joins):
                     with precision.autocast():  # the forward only; backward runs outside the region
                         logp, entropy = forward_logprobs(trainer, batch, rows, T, with_entropy=True)
                     m = mask[rows].to(logp.device)
@@ -252,8 +260,9 @@ def train_on_batch(model, reference, engine, optimizer, scheduler, batch: Rollou
                 sums["entropy"] += float(masked_mean(entropy, m > 0)) * share
                 sums["clip"] += float(out.clip_frac) * share
                 sums["ratio"] += float(masked_mean(out.ratio.detach(), m > 0)) * share
-            if not starts:  # data parallel, nothing on this rank: zero gradients into the others' all-reduce
-                ranks.join_backward(trainer)
+            for join in range(joins):  # zero gradients into the others' reductions (an empty share; FSDP: fewer)
+                with ranks.gradient_sync(trainer, sync=join == joins - 1):
+                    ranks.join_backward(trainer)
             ledger.record("update", tokens=tokens, params=n_params, backward=True)
             if ranks.distributed:  # each rank's sums are its shares of the step's: their sum is the step's
                 sums = dict(zip(sums, ranks.sum(list(sums.values()))))
