@@ -167,3 +167,29 @@ def test_the_runs_precision_reaches_engines_that_take_it_and_only_those(monkeypa
     assert made == ["plain", precision]
     assert build_engine("hf", model, None, precision=precision).precision is precision
     assert build_engine("hf", model, None).precision is None
+
+
+def test_engine_options_reach_the_factory_and_unknown_ones_are_refused():
+    """`rollout.engine_options` are keywords of the engine's factory, checked against its signature."""
+    from posttrain.engines import factory
+
+    seen = {}
+
+    def recording(model, tokenizer, *, precision=None, max_batch_size=8):
+        seen.update(max_batch_size=max_batch_size, precision=precision)
+        return "engine"
+
+    factory.ENGINES["recording"] = recording
+    try:
+        assert factory.build_engine("recording", None, None, options={"max_batch_size": 3}) == "engine"
+        assert seen["max_batch_size"] == 3
+        with pytest.raises(ValueError, match=r"takes no option \['sleep'\] \(it takes: \['max_batch_size'\]\)"):
+            factory.build_engine("recording", None, None, options={"sleep": True})
+        with pytest.raises(ValueError, match="set by rollout.workers"):
+            factory.build_engine("recording", None, None, options={"workers": 2})
+        with pytest.raises(ValueError, match="takes no option"):
+            factory.build_engine("hf", None, None, options={"sleep_between_steps": True})
+    finally:
+        del factory.ENGINES["recording"]
+    cfg = load_config(RLConfig, None, ["rollout.engine_options={worker_engine: 'rl_ranks:prompt_seeded_engine'}"])
+    assert cfg.rollout.engine_options == {"worker_engine": "rl_ranks:prompt_seeded_engine"}

@@ -65,6 +65,10 @@ class RolloutConfig:
     workers: int = 1
     # Seconds any call to a remote worker may take before it counts as hung (restarted once, then an error).
     worker_timeout_s: float = 300.0
+    # Further keywords for the engine's factory (engines/factory.py), checked against it: `ray`:
+    # worker_engine (the engine in each worker: hf or an import path), max_batch_size; `vllm`:
+    # sleep_between_steps (free the GPU for the update), gpu_memory_utilization, max_model_len, ...
+    engine_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     prompts_per_step: int = 16
     samples_per_prompt: int = 8
     max_new_tokens: int = 16

@@ -131,7 +131,8 @@ def load_policy(cfg: RLConfig, algo):
     reference = reference_model(model) if algo.kl_coef > 0 else None
     return model, tokenizer, reference, build_engine(cfg.rollout.engine, model, tokenizer,
                                                      precision=recipe_precision(cfg), workers=cfg.rollout.workers,
-                                                     timeout_s=cfg.rollout.worker_timeout_s)
+                                                     timeout_s=cfg.rollout.worker_timeout_s,
+                                                     options=cfg.rollout.engine_options)
 
 
 def old_logprobs(model, engine, batch: RolloutBatch, cfg: RLConfig) -> tuple[torch.Tensor | None, bool]:

@@ -83,7 +83,8 @@ def train(cfg: RLConfig) -> dict:
             if isinstance(getattr(reward.fn, "model", None), torch.nn.Module):
                 reward.fn.model.eval()
         engine = build_engine(cfg.rollout.engine, policy, tokenizer, precision=recipe_precision(cfg),
-                              workers=cfg.rollout.workers, timeout_s=cfg.rollout.worker_timeout_s)
+                              workers=cfg.rollout.workers, timeout_s=cfg.rollout.worker_timeout_s,
+                              options=cfg.rollout.engine_options)
         spec = environment_spec(cfg.env) if cfg.env.name else None  # multi-turn episodes
         train_prompts, eval_prompts = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
                                                        rewards=rewards, eval_rewards=score_eval,
