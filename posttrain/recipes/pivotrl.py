@@ -18,6 +18,15 @@ same way (one per sampled model turn, profiling included).
 Profiles are saved under the run directory with what they were measured on and reused by a
 resumed run or by a later run pointed at them (`pivot.profile_dir`). A resumed run also
 restores which profile (initial or a re-profile) was in use.
+
+Data parallel (`distributed.world_size: N`, or torchrun), as `posttrain rl` runs: every rank
+runs the training steps on its share of each step's pivots (whole groups, `collect_rollouts`
+with the ranks), with the step's global loss normalisers and summed gradients. Rank 0 alone
+profiles (and writes the saved profile) and broadcasts the result — the pivot ids, the profile's
+metrics and cost — so every rank trains on the same pivots. The re-profiling decision reads the
+step's reward/mean, the same figure on every rank (the rollout metrics are gathered), so the
+ranks re-profile at the same step. A resumed run restores the pivot state from rank 0's
+checkpoint on every rank.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from pathlib import Path
 from typing import Union
 
 from posttrain.agents.episodes import TemplateEncoder
+from posttrain.algorithms.aggregation import loss_counts
 from posttrain.compute import ComputeLedger, matmul_params
 from posttrain.config import require
 from posttrain.data.readers import read_records
@@ -38,12 +48,13 @@ from posttrain.pivot.reward import candidate_row
 from posttrain.recipes.prompt_data import PromptSet, load_prompt_sets
 from posttrain.recipes.rl.config import AlgorithmConfig, RLConfig
 from posttrain.recipes.rl.evaluation import evaluate_prompts, rl_eval_reward_runner
-from posttrain.recipes.rl.grpo import load_policy, train_on_batch
+from posttrain.recipes.rl.grpo import load_policy, loss_mask, train_on_batch
 from posttrain.recipes.rl.multi_turn import episode_limits
 from posttrain.recipes.rl.rewards import check_sandbox
 from posttrain.recipes.rl.rollouts import collect_rollouts, single_turn_round
 from posttrain.recipes.rl.samples import RolloutLog
 from posttrain.rewards import resolve_reward
+from posttrain.training.distributed import Ranks, launch, world_size
 from posttrain.training.loop import TrainingLoop, set_seed, start_run, warn_to
 from posttrain.training.optim import build_optimizer, build_scheduler
 from posttrain.verifiers.combine import RewardRunner
@@ -94,13 +105,24 @@ class PivotRLConfig(RLConfig):
                 f"pivot.max_candidates must be >= 1 or null, got {p.max_candidates}")
         require(p.reprofile_window >= 1, f"pivot.reprofile_window must be >= 1, got {p.reprofile_window}")
         require(not self.needs_critic(), "pivotrl trains with a group baseline; a critic algorithm (ppo) does not apply")
-        require(self.distributed.world_size == 1, "pivotrl runs in one process for now: distributed.world_size must be 1")
+        # Over several ranks, `check_world_size` (RLConfig.validate) asks for whole prompts per rank.
+        require(world_size(self.distributed) == 1 or self.distributed.strategy == "ddp",
+                "pivotrl on several ranks runs with distributed.strategy=ddp (rank 0 profiles alone, which "
+                "sharded parameters would not allow)")
 
 
 def train(cfg: PivotRLConfig) -> dict:
-    """Run PivotRL as configured; returns the summary also written to `summary.json`."""
+    """Run PivotRL as configured, on every rank the config asks for; returns the summary also
+    written to `summary.json`."""
+    cfg.check_world_size(world_size(cfg.distributed))  # also checked at load; a config built in code may skip that
+    return launch(train_rank, cfg)
+
+
+def train_rank(cfg: PivotRLConfig) -> dict:
+    """PivotRL on this process's rank (the single process unless `launch` or torchrun started ranks)."""
     algo = cfg.algorithm.resolve()
-    run = start_run(cfg, {"resolved_algorithm": algo.as_dict()})
+    ranks = Ranks.current(cfg.distributed.strategy)
+    run = start_run(cfg, {"resolved_algorithm": algo.as_dict()}, ranks=ranks)
     spec = environment_spec(cfg.env)
     verifier_name = cfg.pivot.reward or spec.action_reward
     warn = warn_to(run)
@@ -110,10 +132,11 @@ def train(cfg: PivotRLConfig) -> dict:
             rl_eval_reward_runner(cfg, warn=warn) as task_success:
         set_seed(cfg.run.seed)
         run.print(f"algorithm {cfg.algorithm.name}: {algo.as_dict()}; verifier {verifier_name}")
-        model, tokenizer, reference, engine = load_policy(cfg, algo)
-        train_tasks, eval_tasks = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
-                                                   eval_rewards=task_success, source_rows=spec.rows)
-        candidates = extract_candidates(expert_rows(cfg, spec, train_tasks.rows), source=cfg.pivot.expert)
+        with ranks.main_first():  # rank 0 builds what is cached on disk (a tiny model, task files)
+            model, tokenizer, reference, engine = load_policy(cfg, algo)
+            train_tasks, eval_tasks = load_prompt_sets(cfg.data, tokenizer, seed=cfg.run.seed, console=run.console,
+                                                       eval_rewards=task_success, source_rows=spec.rows)
+            candidates = extract_candidates(expert_rows(cfg, spec, train_tasks.rows), source=cfg.pivot.expert)
         require(bool(candidates), f"pivot.expert {cfg.pivot.expert!r} gave no assistant turns to train on")
         candidates = subsample(candidates, cfg.pivot.max_candidates, cfg.run.seed)
         encoder = TemplateEncoder(tokenizer)
@@ -121,6 +144,7 @@ def train(cfg: PivotRLConfig) -> dict:
         states = PromptSet(rows, [encoder.prompt_ids(c.state, c.tools) for c in candidates])
         run.print(f"pivotrl: {len(candidates)} candidates from {len(train_tasks)} expert trajectories")
 
+        trainer = ranks.wrap(model)  # the update's forward passes: DDP over several ranks, else the model
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps * cfg.updates_per_batch)
         ledger = ComputeLedger()
@@ -140,8 +164,13 @@ def train(cfg: PivotRLConfig) -> dict:
                  "recent": []}
 
         def profile() -> tuple[PromptSet, dict]:
-            """Profile every candidate with the current weights (or reuse a saved profile): the pivots."""
-            result = profiler.profile(state["profile"], model)
+            """Profile every candidate with the current weights (or reuse a saved profile): the pivots.
+            Data parallel: rank 0 profiles (and saves the profile), every rank gets its result."""
+            result = None
+            with ranks.full_weights(model):
+                if ranks.is_main:
+                    result = profiler.profile(state["profile"], model)
+            result = ranks.broadcast(result)  # every rank calls it at the same step (see pivot_step)
             state.update(pivot_ids=result.pivot_ids, profiles_used=state["profiles_used"] + 1,
                          profile_turns=state["profile_turns"] + result.sampled_turns,
                          profile_tokens=state["profile_tokens"] + result.generated_tokens)
@@ -173,15 +202,18 @@ def train(cfg: PivotRLConfig) -> dict:
             if not len(pivots):  # nothing informative left: the policy solves or fails every candidate
                 metrics.update({"train/update_skipped": 1.0, "pivots/rollout_turns": 0.0, "pivots/generated_tokens": 0.0})
                 return metrics
-            batch, rollout_metrics = collect_rollouts(generate_and_score, pivots, cfg, algo, step,
-                                                      tokenizer.pad_token_id, samples)
+            with ranks.full_weights(model):
+                batch, rollout_metrics = collect_rollouts(generate_and_score, pivots, cfg, algo, step,
+                                                          tokenizer.pad_token_id, samples, ranks=ranks)
             metrics.update(rollout_metrics)
-            if batch.size:
+            counts = loss_counts(loss_mask(batch), ranks.sum)  # the whole step's, over every rank
+            if counts.rows:  # every rank updates, one whose share is empty too (see train_on_batch)
                 metrics.update(train_on_batch(model, reference, engine, optimizer, scheduler, batch, cfg, algo, run,
-                                              step, ledger, n_params))
+                                              step, ledger, n_params, counts=counts, ranks=ranks, trainer=trainer))
                 engine.load_weights(model)
-            metrics["train/update_skipped"] = float(batch.size == 0)
-            # Rollout turns: one per sampled turn (training), plus every profiling sample so far.
+            metrics["train/update_skipped"] = float(counts.rows == 0)
+            # Rollout turns: one per sampled turn (training), plus every profiling sample so far. The
+            # rollout metrics are the step's over every rank, so each rank takes the same decision below.
             sampled = rollout_metrics["groups/sampled"] * cfg.rollout.samples_per_prompt
             metrics["pivots/rollout_turns"] = float(sampled)
             metrics["pivots/generated_tokens"] = float(sampled * rollout_metrics["response/length_mean"])
@@ -197,8 +229,8 @@ def train(cfg: PivotRLConfig) -> dict:
 
         loop = TrainingLoop(run, cfg.run, cfg.steps, model=model, optimizer=optimizer, scheduler=scheduler,
                             ledger=ledger, tokenizer=tokenizer, evaluate=evaluate,
-                            extra_state=lambda: {"pivot": dict(state)})
-        loop.resume(on_state=lambda saved: state.update(saved.get("pivot", {})))
+                            extra_state=lambda: {"pivot": dict(state)}, ranks=ranks)
+        loop.resume(on_state=lambda saved: state.update(saved.get("pivot", {})))  # rank 0's checkpoint, on every rank
         engine.load_weights(model)
         loop.train(pivot_step, description="pivotrl", postfix=lambda m: {"reward": f"{m.get('reward/mean', 0):.3f}"})
         engine.close()

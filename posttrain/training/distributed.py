@@ -62,7 +62,7 @@ Why a summing comm hook rather than scaling each loss by the world size: the los
 logs and checks stays its true share, and nothing is multiplied and divided again (exact for
 any N, not only powers of two).
 
-Not yet: PPO (the critic loop), PivotRL, FSDP with rollout workers outside the process (Ray,
+Not yet: PPO (the critic loop), PivotRL with FSDP, FSDP with rollout workers outside the process (Ray,
 vLLM) or with LoRA, sharded (torch.distributed.checkpoint) checkpoints for models too large to
 gather on rank 0, ranks launched by Ray (the ranks drive Ray rollout workers, but Ray does not
 start the ranks), a sharded reference model,
